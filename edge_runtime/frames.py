@@ -1,0 +1,24 @@
+"""The unit of work that travels from a source to a result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class Frame:
+    """One input item: an image (HxWx3 BGR or HxW gray, uint8) or a sensor window (T x C float32).
+
+    ``ref`` is what a subscriber sees as ``frame.ref``: the image path relative to the source
+    folder, or the frame index as a string. ``label`` is the ground truth when the source knows it
+    (class sub-folder of an image folder), used only for local accuracy summaries.
+    """
+
+    index: int
+    ref: str
+    captured_at: float
+    data: np.ndarray
+    label: str | None = None
+    meta: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The one test command: venv, install, Mosquitto, then ruff, mypy and pytest.
+#   scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "==> creating .venv"
+    "$PY" -m venv .venv
+fi
+echo "==> installing edge-runtime[convert,broker,dev]"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[convert,broker,dev]"
+
+MOSQUITTO=$(command -v mosquitto || true)
+[[ -z "$MOSQUITTO" && -x /usr/sbin/mosquitto ]] && MOSQUITTO=/usr/sbin/mosquitto
+if [[ -z "$MOSQUITTO" ]]; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "==> installing Mosquitto (Debian packages)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            mosquitto mosquitto-clients >/dev/null
+        MOSQUITTO=/usr/sbin/mosquitto
+    elif [[ "${CI:-}" == "true" ]]; then
+        echo "error: Mosquitto is missing and cannot be installed (not root or no apt-get)" >&2
+        exit 1
+    else
+        echo "warning: Mosquitto not found; broker tests will be skipped" >&2
+    fi
+fi
+# Debian's package starts a system broker on :1883; the tests start their own on free ports.
+export EDGE_MOSQUITTO="${MOSQUITTO}"
+
+echo "==> ruff"
+.venv/bin/ruff check edge_runtime converters tests benchmarks samples
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+.venv/bin/pytest -q -p no:cacheprovider "$@"
