@@ -253,7 +253,7 @@ def letterbox(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, L
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     pad_x, pad_y = (width - new_w) // 2, (height - new_h) // 2
-    canvas_shape = (height, width) + image.shape[2:]
+    canvas_shape = (height, width, *image.shape[2:])
     canvas = np.full(canvas_shape, LETTERBOX_PAD, dtype=image.dtype)
     canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
     return canvas, Letterbox(new_w / w, new_h / h, float(pad_x), float(pad_y), w, h)

@@ -1,0 +1,3 @@
+"""edge-convert: the host half. Keras model → verified int8 LiteRT bundle per device profile."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,239 @@
+"""TensorFlow work, run in a child process (the TF converter leaks memory on every call).
+
+``python -m converters.child JOB.json`` reads a job, does it, and writes ``JOB.json.result``:
+either the job's result or ``{"error": "one line"}``. Nothing else in the project imports
+TensorFlow; the parent keeps to LiteRT and NumPy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+
+class JobError(Exception):
+    """A failure worth one line to the user."""
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    if not os.environ.get("EDGE_PROGRESS_TTY") and done < total and done % max(1, total // 4):
+        return
+    width = 30
+    filled = int(width * done / max(1, total))
+    end = "\n" if done >= total else ""
+    sys.stderr.write(f"\r  {label:<22} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
+    sys.stderr.flush()
+
+
+def load_model(path: Path) -> tuple[str, Any]:
+    """Keras 3 ``.keras``, legacy ``.h5`` or a SavedModel directory."""
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise JobError(f"{path} is a directory but not a SavedModel (no saved_model.pb)")
+        return "savedmodel", path
+    if not path.is_file():
+        raise JobError(f"model {path} does not exist")
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise JobError(f"model {path}: expected a .keras or .h5 file or a SavedModel directory")
+    import keras
+
+    try:
+        return "keras", keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for corrupt files
+        raise JobError(f"cannot load model {path.name}: {_one_line(exc)}") from None
+
+
+def make_converter(kind: str, model: Any) -> Any:
+    import tensorflow as tf
+
+    if kind == "savedmodel":
+        return tf.lite.TFLiteConverter.from_saved_model(str(model))
+    import keras
+
+    # A batch-1 wrapper gives static shapes (the Edge TPU needs them; boards run batch 1).
+    inputs = [keras.Input(batch_shape=(1, *i.shape[1:]), dtype=i.dtype) for i in model.inputs]
+    outputs = model(inputs[0] if len(inputs) == 1 else inputs)
+    return tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs))
+
+
+def configure(converter: Any, quantization: str, io_dtype: str,
+              dataset: Callable[[], Iterator[list[Any]]] | None) -> None:
+    import tensorflow as tf
+
+    if quantization == "float32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        converter.representative_dataset = dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_dtype in ("int8", "uint8"):
+            converter.inference_input_type = getattr(tf, io_dtype)
+            converter.inference_output_type = getattr(tf, io_dtype)
+
+
+def representative(samples: Any, label: str) -> Callable[[], Iterator[list[Any]]]:
+    def gen() -> Iterator[list[Any]]:
+        total = len(samples)
+        for i in range(total):
+            yield [samples[i:i + 1]]
+            _progress(label, i + 1, total)
+    return gen
+
+
+def convert(converter: Any) -> bytes:
+    try:
+        return bytes(converter.convert())
+    except Exception as exc:
+        raise JobError(f"the model cannot be converted: {_one_line(exc)}") from None
+
+
+def describe_keras(kind: str, model: Any) -> dict[str, Any]:
+    if kind != "keras":
+        return {"kind": kind, "name": Path(str(model)).name}
+    return {
+        "kind": kind,
+        "name": model.name,
+        "inputs": [list(i.shape) for i in model.inputs],
+        "outputs": [list(o.shape) for o in model.outputs],
+        "params": int(model.count_params()),
+    }
+
+
+def job_inspect(job: dict[str, Any]) -> dict[str, Any]:
+    """Load the model, describe it and write the float32 reference ``.tflite``."""
+    kind, model = load_model(Path(job["model"]))
+    info = describe_keras(kind, model)
+    converter = make_converter(kind, model)
+    data = convert(converter)
+    out = Path(job["out"])
+    out.write_bytes(data)
+    info["float_tflite"] = str(out)
+    info["versions"] = _versions()
+    return info
+
+
+def job_quantize(job: dict[str, Any]) -> dict[str, Any]:
+    """Convert for one profile; optionally run the quantization debugger on a subset."""
+    import numpy as np
+
+    kind, model = load_model(Path(job["model"]))
+    samples = np.load(job["calibration"]) if job.get("calibration") else None
+    quantization, io_dtype = job["quantization"], job["io_dtype"]
+    dataset = representative(samples, "calibrating") if samples is not None else None
+    if quantization == "int8" and samples is None:
+        raise JobError("int8 quantization needs calibration data")
+    converter = make_converter(kind, model)
+    configure(converter, quantization, io_dtype, dataset)
+    denylist = list(job.get("denylist") or [])
+    if denylist:
+        data = _selective(converter, samples, denylist, job.get("debug_samples", 32))
+    else:
+        data = convert(converter)
+    Path(job["out"]).write_bytes(data)
+    result: dict[str, Any] = {"out": job["out"], "size_bytes": len(data), "denylist": denylist}
+    if job.get("debug") and quantization == "int8" and samples is not None:
+        converter = make_converter(kind, model)
+        configure(converter, quantization, "float32",
+                  representative(samples, "calibrating (debug)"))
+        result["layers"] = _layer_stats(converter, samples, job.get("debug_samples", 32))
+    return result
+
+
+def _debug_dataset(samples: Any, limit: int) -> Callable[[], Iterator[list[Any]]]:
+    subset = samples[: max(1, min(limit, len(samples)))]
+    return representative(subset, "debugging layers")
+
+
+def _layer_stats(converter: Any, samples: Any, limit: int) -> list[dict[str, Any]]:
+    import tensorflow as tf
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=_debug_dataset(samples, limit))
+        debugger.run()
+    buffer = io.StringIO()
+    debugger.layer_statistics_dump(buffer)
+    rows = list(csv.DictReader(io.StringIO(buffer.getvalue())))
+    layers = []
+    for row in rows:
+        scale = float(row.get("scale") or 0.0)
+        mse = float(row.get("mean_squared_error") or 0.0)
+        layers.append({
+            "tensor_name": row.get("tensor_name", ""),
+            "op_name": row.get("op_name", ""),
+            "tensor_idx": int(float(row.get("tensor_idx") or -1)),
+            "scale": scale,
+            "zero_point": int(float(row.get("zero_point") or 0)),
+            "rmse_over_scale": (mse ** 0.5) / scale if scale > 0 else 0.0,
+            "mean_abs_error": abs(float(row.get("mean_error") or 0.0)),
+            "max_abs_error": float(row.get("max_abs_error") or 0.0),
+        })
+    return layers
+
+
+def _selective(converter: Any, samples: Any, denylist: list[str], limit: int) -> bytes:
+    """Quantize everything but the named tensors' ops, which stay in float."""
+    import tensorflow as tf
+
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
+    with contextlib.redirect_stdout(io.StringIO()):
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=_debug_dataset(samples, limit),
+            debug_options=options)
+        return bytes(debugger.get_nondebug_quantized_model())
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    for marker in ("error: ", "Error: "):
+        if marker in text and len(text) > 200:
+            text = text[text.index(marker):]
+    return (text[:300] + "…") if len(text) > 300 else (text or type(exc).__name__)
+
+
+JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "inspect": job_inspect,
+    "quantize": job_quantize,
+}
+
+
+def main(argv: list[str]) -> int:
+    sys.stdout = sys.stderr  # the converter prints to stdout; keep it off the parent's output
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    result_path = Path(str(job_path) + ".result")
+    try:
+        result = JOBS[job["job"]](job)
+        result["versions"] = result.get("versions") or _versions()
+    except JobError as exc:
+        result = {"error": str(exc)}
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr) if os.environ.get("EDGE_DEBUG") else None
+        result = {"error": f"{type(exc).__name__}: {_one_line(exc)}"}
+    result_path.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

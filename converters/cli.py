@@ -1,0 +1,185 @@
+"""``edge-convert``: the host-side CLI (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from edge_runtime.preprocess import as_tuple
+
+from . import __version__
+from .errors import ConvertError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _err(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+def _floats(_ctx: click.Context, _param: click.Parameter, value: str | None,
+            ) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return as_tuple(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or a comma-separated list") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-convert")
+def cli() -> None:
+    """Turn Keras models into verified int8 LiteRT bundles for edge devices."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profiles(as_json: bool) -> None:
+    """List the device profiles and their key settings."""
+    from .profiles import list_profiles, profiles_table
+
+    found = list_profiles()
+    if as_json:
+        click.echo(json.dumps([{"name": p.name, "description": p.description, **p.settings()}
+                               for p in found], indent=2))
+    else:
+        click.echo(profiles_table(found))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", "profiles_", multiple=True, required=True,
+              help="Device profile name or YAML file; repeat for several bundles.")
+@click.option("--calibration", required=True, type=click.Path(path_type=Path),
+              help="Image folder (class sub-folders), .npz with x (and y), or a video file.")
+@click.option("--validation", type=click.Path(path_type=Path),
+              help="Labelled data for accuracy (default: held-out calibration samples).")
+@click.option("--labels", type=click.Path(path_type=Path), help="labels.txt, one per line.")
+@click.option("--name", help="Bundle name (default: the model file name).")
+@click.option("--version", "version_", default="1", show_default=True, help="Bundle version.")
+@click.option("--input-mean", callback=_floats, help="Mean subtracted from pixels (or per channel).")
+@click.option("--input-std", callback=_floats, help="Std dividing pixels (or per channel).")
+@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]),
+              help="Colour order the model expects (default from its channels).")
+@click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default="stretch",
+              show_default=True)
+@click.option("--task", type=click.Choice(["classification", "detection", "regression",
+                                           "anomaly", "raw"]))
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
+              help="Accuracy gate in points; exit 3 when the quantized model loses more.")
+@click.option("--samples", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Calibration samples (or all available).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bundles"),
+              show_default=True)
+@click.option("--allow-poor-calibration", is_flag=True,
+              help="Convert even when the calibration data looks degenerate.")
+@click.option("--recover", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="Keep the worst layers in float when accuracy drops (not for Edge TPU).")
+def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
+            validation: Path | None, labels: Path | None, name: str | None, version_: str,
+            input_mean: tuple[float, ...] | None, input_std: tuple[float, ...] | None,
+            color: str | None, resize: str, task: str | None, max_accuracy_drop: float,
+            samples: int, out: Path, allow_poor_calibration: bool, recover: str) -> None:
+    """Convert MODEL (.keras, .h5 or SavedModel dir) into one bundle per profile."""
+    from .convert import ConvertOptions
+    from .convert import convert as run_convert
+    from .summary import summary_table
+
+    opts = ConvertOptions(
+        model=model, profiles=list(profiles_), calibration=calibration, validation=validation,
+        labels=labels, name=name, version=version_, input_mean=input_mean, input_std=input_std,
+        color=color, resize=resize, task=task, max_accuracy_drop=max_accuracy_drop,
+        samples=samples, out=out, allow_poor_calibration=allow_poor_calibration, recover=recover,
+    )
+    created_out = not out.exists()
+    try:
+        results = run_convert(opts, log=lambda m: click.echo(m, err=True))
+    except BaseException:
+        if created_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    click.echo(summary_table(results))
+    failed = [r.profile for r in results if not r.gate_passed]
+    if failed:
+        _err(f"accuracy gate failed for {', '.join(failed)} (bundle written, marked failed)")
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Labelled image folder or .npz to check against.")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def verify(bundle: Path, data: Path, max_accuracy_drop: float, as_json: bool) -> None:
+    """Re-check a bundle: integrity, loading, accuracy on DATA, latency."""
+    from .recheck import recheck
+
+    report = recheck(bundle, data)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            click.echo(f"{key:>22}: {value}")
+    reference = report.get("manifest_float_accuracy")
+    measured = report.get("accuracy")
+    if reference is not None and measured is not None and \
+            (reference - measured) * 100 > max_accuracy_drop:
+        _err(f"accuracy {measured:.4f} is more than {max_accuracy_drop} points below the float "
+             f"model's {reference:.4f}")
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--sign-key", type=click.Path(path_type=Path), help="ed25519 private key.")
+def pack(bundle: Path, sign_key: Path | None) -> None:
+    """Write BUNDLE.tar.gz beside the bundle directory (signed with --sign-key)."""
+    from edge_runtime.bundle import load_bundle_dir
+    from edge_runtime.packing import pack_bundle
+
+    load_bundle_dir(bundle)
+    archive = pack_bundle(bundle, sign_key=sign_key)
+    click.echo(str(archive))
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+def keygen(directory: Path) -> None:
+    """Write DIR/edge-signing.key (private, mode 600) and DIR/edge-signing.pub."""
+    from edge_runtime.signing import generate_keypair
+
+    private, public = generate_keypair(directory)
+    click.echo(f"private key: {private}\npublic key:  {public}  (copy this one to the devices)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="edge-convert", standalone_mode=False)
+    except click.exceptions.Abort:
+        _err("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except ConvertError as exc:
+        _err(str(exc))
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _known(exc):
+            _err(str(exc))
+            sys.exit(2)
+        raise
+    sys.exit(0)
+
+
+def _known(exc: Exception) -> bool:
+    """Errors from the shared device-side modules that carry a one-line message."""
+    names = {"BundleError", "BackendError", "PackError", "SignatureError", "ProfileError"}
+    return type(exc).__name__ in names or any(c.__name__ in names for c in type(exc).__mro__)

@@ -1,0 +1,15 @@
+"""Errors the converter CLI turns into a one-line ``error: ...`` and an exit code."""
+
+from __future__ import annotations
+
+
+class ConvertError(Exception):
+    """Bad usage or bad input (model, data, profile): exit code 2, one-line message."""
+
+    exit_code: int = 2
+
+
+class GateFailed(ConvertError):
+    """The int8 model missed the accuracy gate; the bundle is written but marked failed."""
+
+    exit_code = 3

@@ -1,0 +1,181 @@
+"""Drains the outbox into the MQTT connection, in order, with a bounded in-flight window.
+
+The outbox is the only source of truth: on every new connection the window is forgotten and
+sending restarts from the oldest message not yet acknowledged, so whatever was in flight when a
+connection died is sent again (a duplicate at worst, never a loss).
+
+Thread model: ``run`` is the sender thread and the only one touching the window. The MQTT thread
+reports through ``connection_up``, ``connection_down`` and ``acked``, which only queue a note and
+wake the sender, so no lock is ever held while calling into paho.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from edge_runtime.publish.outbox import Outbox, OutboxItem
+
+log = logging.getLogger(__name__)
+
+ACK_BATCH = 64
+ACK_DELAY_S = 0.1
+IDLE_POLL_S = 1.0
+
+PublishItem = Callable[[OutboxItem], int | None]
+
+
+class OutboxSender:
+    """Keeps up to ``max_inflight`` outbox messages published and not yet acknowledged."""
+
+    def __init__(self, outbox: Outbox, publish: PublishItem, max_inflight: int) -> None:
+        self._outbox = outbox
+        self._publish = publish
+        self._max_inflight = max_inflight
+        self._cond = threading.Condition()
+        self._signalled = False
+        self._stopping = False
+        self._draining = False
+        self._up = False
+        self._generation = 0
+        self._acks: deque[tuple[int, int, bool]] = deque()
+        # Owned by the sender thread alone:
+        self._window_generation = 0
+        self._inflight: dict[int, int] = {}
+        self._cursor = 0
+        self._pending_acks: list[int] = []
+        self._pending_since = 0.0
+        self.published = 0
+        self.acked = 0
+        self.rejected = 0
+
+    # Notes from other threads --------------------------------------------------------------
+
+    def connection_up(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._up = True
+            self._signal()
+
+    def connection_down(self) -> None:
+        with self._cond:
+            self._up = False
+            self._signal()
+
+    def acked_mid(self, mid: int, refused: bool = False) -> None:
+        """The broker acknowledged message ``mid`` (``refused``: an MQTT 5 failure code)."""
+        with self._cond:
+            self._acks.append((self._generation, mid, refused))
+            self._signal()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._signal()
+
+    def drain(self) -> None:
+        """From now on, write acks to the outbox at once instead of in batches."""
+        with self._cond:
+            self._draining = True
+            self._signal()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._signal()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # The sender thread ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._signalled and not self._stopping:
+                    self._cond.wait(self._wait_timeout())
+                self._signalled = False
+                stopping, up, generation = self._stopping, self._up, self._generation
+            self._settle(generation)
+            if stopping:
+                self._flush_acks()
+                return
+            if up:
+                self._fill_window()
+            if self._ack_flush_due() or not self._inflight:
+                self._flush_acks()
+
+    def _signal(self) -> None:
+        self._signalled = True
+        self._cond.notify()
+
+    def _wait_timeout(self) -> float | None:
+        if self._pending_acks:
+            return max(0.0, self._pending_since + ACK_DELAY_S - time.monotonic())
+        # While connected, an occasional look catches appends nobody woke us for.
+        return IDLE_POLL_S if self._up else None
+
+    def _ack_flush_due(self) -> bool:
+        if not self._pending_acks:
+            return False
+        if self._draining or len(self._pending_acks) >= ACK_BATCH:
+            return True
+        return time.monotonic() - self._pending_since >= ACK_DELAY_S
+
+    def _settle(self, generation: int) -> None:
+        """Match acknowledgements to the window, then restart the window on a new connection."""
+        while self._acks:
+            ack_generation, mid, refused = self._acks.popleft()
+            if ack_generation != self._window_generation:
+                continue
+            outbox_id = self._inflight.pop(mid, None)
+            if outbox_id is not None:
+                self._note_ack(outbox_id, refused)
+        if generation != self._window_generation:
+            self._flush_acks()
+            self._inflight.clear()
+            self._cursor = 0
+            self._window_generation = generation
+
+    def _note_ack(self, outbox_id: int, refused: bool) -> None:
+        if refused:
+            self.rejected += 1
+            log.warning("broker refused outbox message %d; it is dropped", outbox_id)
+        if not self._pending_acks:
+            self._pending_since = time.monotonic()
+        self._pending_acks.append(outbox_id)
+
+    def _fill_window(self) -> None:
+        room = self._max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for item in self._outbox.peek(room, after_id=self._cursor):
+            try:
+                mid = self._publish(item)
+            except ValueError as exc:
+                # A message paho cannot send would block the queue forever: drop it, loudly.
+                log.error("outbox message %d (%s) cannot be sent: %s", item.id, item.topic, exc)
+                self.rejected += 1
+                self._note_ack(item.id, refused=False)
+                self._cursor = item.id
+                continue
+            if mid is None:
+                return
+            self._inflight[mid] = item.id
+            self._cursor = item.id
+            self.published += 1
+
+    def _flush_acks(self) -> None:
+        if not self._pending_acks:
+            return
+        ids, self._pending_acks = self._pending_acks, []
+        try:
+            self._outbox.ack(ids)
+        except Exception:
+            # The rows stay on disk and are sent again later: a duplicate, not a loss.
+            log.exception("could not record %d acknowledgements in the outbox", len(ids))
+            return
+        self.acked += len(ids)

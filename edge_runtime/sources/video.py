@@ -1,0 +1,139 @@
+"""Video files (read in order, optionally paced and looped) and network streams (RTSP, HTTP)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+
+from edge_runtime.frames import Frame
+from edge_runtime.sources.base import Pacer, Source, SourceError, SourceOptions, local_path
+
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+    ".flv", ".wmv", ".3gp", ".ogv", ".mjpeg", ".mjpg", ".h264", ".264", ".h265", ".265", ".hevc",
+})
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+STREAM_TIMEOUT_MS = 10_000
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _release(capture: Any) -> None:
+    if capture is not None:
+        capture.release()
+
+
+class VideoFileSource(Source):
+    """Frames of a video file in order; ``ref`` is the frame's position in the file."""
+
+    kind = "video"
+
+    def __init__(self, path: Path, options: SourceOptions | None = None) -> None:
+        super().__init__(options)
+        self.path = path
+        self.live = self.options.fps is not None
+        self._pacer = Pacer(self.options.fps, self._interrupted)
+        self._capture: Any = None
+        self._position = 0
+
+    @classmethod
+    def from_spec(cls, spec: str, options: SourceOptions) -> VideoFileSource | None:
+        path = local_path(spec, options)
+        return cls(path, options) if path.is_file() and is_video_file(path) else None
+
+    def open(self) -> None:
+        self.close()
+        if not self.path.is_file():
+            raise SourceError(f"video {self.path} not found")
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"video {self.path}: cannot open (not a video OpenCV can decode)")
+        self._capture = capture
+        self._position = 0
+
+    def read(self) -> Frame | None:
+        if self._capture is None:
+            return None
+        ok, image = self._capture.read()
+        if not ok and self.options.loop and self._position > 0:
+            self.open()
+            ok, image = self._capture.read()
+        if not ok or image is None:
+            return None
+        if not self._pacer.wait():
+            return None
+        self._position += 1
+        return self._make_frame(image, ref=str(self._position - 1))
+
+    def close(self) -> None:
+        _release(self._capture)
+        self._capture = None
+
+    def describe(self) -> str:
+        return f"video {self.path}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password masked, safe for logs and status messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class StreamSource(Source):
+    """A live network stream through FFmpeg, with a minimal buffer and bounded timeouts."""
+
+    kind = "stream"
+    live = True
+    retry_on_error = True
+
+    def __init__(self, url: str, options: SourceOptions | None = None) -> None:
+        super().__init__(options)
+        self.url = url
+        self._capture: Any = None
+
+    @classmethod
+    def from_spec(cls, spec: str, options: SourceOptions) -> StreamSource | None:
+        scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+        return cls(spec, options) if scheme in STREAM_SCHEMES else None
+
+    def open(self) -> None:
+        self.close()
+        if self.url.lower().startswith("rtsp"):
+            # RTSP over UDP smears frames on lossy links; the user's own setting wins.
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        capture = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"{self.describe()}: cannot open")
+        capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        self._capture = capture
+
+    def read(self) -> Frame | None:
+        if self._capture is None:
+            raise SourceError(f"{self.describe()}: not open")
+        ok, image = self._capture.read()
+        if not ok or image is None:
+            raise SourceError(f"{self.describe()}: stream ended or stalled")
+        return self._make_frame(image)
+
+    def close(self) -> None:
+        _release(self._capture)
+        self._capture = None
+
+    def describe(self) -> str:
+        return f"stream {redact_url(self.url)}"
