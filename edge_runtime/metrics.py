@@ -22,7 +22,8 @@ DEFAULT_CAPACITY = 2048
 DEFAULT_WINDOW_S = 5.0
 PERCENTILES = (50, 95, 99)
 Clock = Callable[[], float]
-GaugeValue = float | int | str | bool | None
+JsonScalar = float | int | str | bool | None
+GaugeValue = JsonScalar | np.generic
 Gauge = GaugeValue | Callable[[], GaugeValue]
 
 
@@ -302,7 +303,7 @@ class MetricsRegistry:
         return snap
 
 
-def _read_gauge(gauge: Gauge) -> GaugeValue:
+def _read_gauge(gauge: Gauge) -> JsonScalar:
     try:
         value = gauge() if callable(gauge) else gauge
     except Exception:  # a failing gauge must not cost the whole snapshot
@@ -311,4 +312,4 @@ def _read_gauge(gauge: Gauge) -> GaugeValue:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    return value if isinstance(value, JsonScalar) else str(value)

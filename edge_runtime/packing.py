@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from edge_runtime.signing import SignatureError, sign_bundle, verify_bundle
-
 ARCHIVE_SUFFIX = ".tar.gz"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MAX_BYTES = 512 * 2**20
@@ -39,13 +37,19 @@ def pack_bundle(bundle_dir: Path, sign_key: Path | None = None, out: Path | None
     if not (bundle_dir / MANIFEST_FILE).is_file():
         raise PackError(f"{bundle_dir} is not a bundle directory (no {MANIFEST_FILE})")
     if sign_key is not None:
+        # Imported here: cryptography costs start-up time a daemon without signing need not pay.
+        from edge_runtime.signing import SignatureError, sign_bundle
+
         try:
             sign_bundle(bundle_dir, sign_key)
         except SignatureError as exc:
             raise PackError(str(exc)) from exc
     target = _archive_path(bundle_dir, out)
     entries = list(_pack_entries(bundle_dir))
-    _write_atomically(target, lambda handle: _write_archive(handle, entries))
+    try:
+        _write_atomically(target, lambda handle: _write_archive(handle, entries))
+    except OSError as exc:
+        raise PackError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return target
 
 
@@ -63,8 +67,11 @@ def unpack_bundle(
     ``SignatureError``), and only then renamed into place, replacing an older copy.
     """
     dest_root = Path(dest_root)
-    dest_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest_root))
+    try:
+        dest_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest_root))
+    except OSError as exc:
+        raise PackError(f"cannot unpack into {dest_root}: {exc.strerror or exc}") from exc
     try:
         with _open_archive(archive) as tar:
             top = _extract_checked(tar, staging, max_bytes)
@@ -72,6 +79,8 @@ def unpack_bundle(
         if not (bundle / MANIFEST_FILE).is_file():
             raise PackError(f"archive holds no {top}/{MANIFEST_FILE}; not a bundle")
         if trusted_keys:
+            from edge_runtime.signing import verify_bundle
+
             verify_bundle(bundle, trusted_keys)
         return _move_into_place(bundle, dest_root / top, staging)
     finally:
@@ -198,6 +207,8 @@ def _kind(member: tarfile.TarInfo) -> str:
         return "symlink"
     if member.islnk():
         return "hard link"
+    if member.isfifo():
+        return "FIFO"
     if member.isdev():
         return "device"
     return "special file"

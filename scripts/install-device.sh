@@ -181,13 +181,17 @@ default_config() {
     cat <<'EOF'
 # edge-runtime configuration. Check it with:
 #   /opt/edge-runtime/bin/edge-runtime check-config /etc/edge-runtime/config.yaml
-# Placeholder: set the device id, the broker, the bundle and the source for this board.
-device_id: CHANGE-ME
+# device_id defaults to the host name.
 mqtt:
   url: mqtt://127.0.0.1:1883
+# Public keys (from `edge-convert keygen`) whose signed bundles this board accepts:
+# trusted_keys:
+#   - /etc/edge-runtime/trusted-keys/edge-signing.pub
 pipelines:
-  default:
+  - name: default
+    # A bundle directory or packed .tar.gz copied to the board.
     bundle: /var/lib/edge-runtime/bundles/CHANGE-ME
+    # Camera 0; or /dev/video0, picamera2, rtsp://..., serial:///dev/ttyUSB0?baud=115200
     source: "0"
 EOF
 }

@@ -124,7 +124,7 @@ def model_error(source: ModelSource, exc: BaseException) -> ModelError:
     if "not a valid Flatbuffer" in line:
         line = "not a TFLite flatbuffer (corrupt or truncated)"
     elif "edgetpu-custom-op" in line:
-        line = "compiled for the Edge TPU; load it with the edgetpu delegate"
+        line = "compiled for the Edge TPU and needs the edgetpu delegate"
     return ModelError(f"cannot load model {source.name}: {line}")
 
 
@@ -147,8 +147,11 @@ def create_interpreter(
             warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
             interpreter = runtime.interpreter_class(**kwargs)
         interpreter.allocate_tensors()
-    except (ValueError, RuntimeError, SystemError) as exc:
+    except (ValueError, RuntimeError) as exc:
         raise model_error(source, exc) from None
+    except SystemError as exc:  # tflite_runtime 2.14 under NumPy 2
+        reason = first_line(exc) or "SystemError"
+        raise BackendError(f"{runtime.description} cannot create an interpreter: {reason}") from None
     return interpreter
 
 
@@ -166,7 +169,10 @@ def open_interpreter(
             raise
         reason = str(exc)
     _warn_once(f"{reason}; running on the CPU")
-    return create_interpreter(runtime, source, threads), "xnnpack", reason
+    try:
+        return create_interpreter(runtime, source, threads), "xnnpack", reason
+    except ModelError as exc:
+        raise ModelError(f"{exc} ({reason})") from None
 
 
 def _cpu_interpreter(runtime: Runtime, source: ModelSource, spec: DelegateSpec,

@@ -55,31 +55,38 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 
 def area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(
-        boxes[..., 3] - boxes[..., 1], 0, None)
+    return np.maximum(boxes[..., 2] - boxes[..., 0], 0) * np.maximum(boxes[..., 3] - boxes[..., 1], 0)
 
 
 def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """IoU of one box (4,) against many (N, 4)."""
-    x0 = np.maximum(box[0], others[:, 0])
-    y0 = np.maximum(box[1], others[:, 1])
-    x1 = np.minimum(box[2], others[:, 2])
-    y1 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    inter = _intersection(box, others.T)
     union = area(box) + area(others) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _intersection(box: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Intersection areas of one box with boxes given as columns (x0, y0, x1, y1)."""
+    width = np.minimum(box[2], columns[2]) - np.maximum(box[0], columns[0])
+    height = np.minimum(box[3], columns[3]) - np.maximum(box[1], columns[1])
+    return np.maximum(width, 0) * np.maximum(height, 0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int,
         ) -> np.ndarray:
     """Greedy non-maximum suppression; indices of kept boxes, best score first."""
     order = np.argsort(-scores, kind="stable")
+    ranked = np.asarray(boxes, dtype=np.float64)[order]
+    columns = np.ascontiguousarray(ranked.T)
+    areas = area(ranked)
+    alive = np.arange(order.size)
     keep: list[int] = []
-    while order.size and len(keep) < max_keep:
-        best = int(order[0])
-        keep.append(best)
-        rest = order[1:]
-        order = rest[iou(boxes[best], boxes[rest]) <= iou_threshold]
+    while alive.size and len(keep) < max_keep:
+        best, rest = alive[0], alive[1:]
+        keep.append(int(order[best]))
+        inter = _intersection(ranked[best], columns[:, rest])
+        # inter / union <= threshold, without dividing (a zero union keeps the box)
+        alive = rest[inter <= iou_threshold * (areas[best] + areas[rest] - inter)]
     return np.asarray(keep, dtype=np.int64)
 
 

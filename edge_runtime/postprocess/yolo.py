@@ -27,6 +27,8 @@ from edge_runtime.preprocess import Letterbox
 PARAMS = ("layout",)
 LAYOUTS = ("auto", "v5", "v8")
 PIXEL_COORDINATES_ABOVE = 1.5
+# Bounds NMS time on a small CPU when a low threshold lets thousands of anchors through.
+MAX_NMS_CANDIDATES = 3000
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,14 @@ def input_size_from(letterbox: Letterbox | None) -> tuple[int, int] | None:
     return round(width), round(height)
 
 
+def _best_above(scores: np.ndarray, threshold: float, limit: int) -> np.ndarray:
+    """Indices of scores ≥ ``threshold``; only the ``limit`` best when there are more."""
+    keep = np.flatnonzero(scores >= threshold)
+    if keep.size > limit:
+        keep = keep[np.argpartition(-scores[keep], limit - 1)[:limit]]
+    return keep
+
+
 def build_yolo(outputs: Sequence[OutputInfo], labels: Sequence[str], params: Params,
                settings: DetectionSettings) -> Decoder:
     if len(outputs) != 1:
@@ -122,7 +132,7 @@ def build_yolo(outputs: Sequence[OutputInfo], labels: Sequence[str], params: Par
         head = np.asarray(arrays[0], dtype=np.float32)
         pred = head.reshape(head.shape[-2:])
         xywh, scores, ids = split_predictions(pred, layout)
-        keep = scores >= settings.score_threshold
+        keep = _best_above(scores, settings.score_threshold, MAX_NMS_CANDIDATES)
         size = settings.input_size or input_size_from(context.letterbox)
         boxes = xywh_to_xyxy(normalise_coordinates(xywh[keep], xywh, size))
         candidates = Candidates(boxes, scores[keep], ids[keep])

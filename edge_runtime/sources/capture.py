@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 
@@ -34,7 +35,7 @@ def backoff_delay(failures: int, low: float, high: float, jitter: float) -> floa
     return delay * (0.5 + 0.5 * jitter)
 
 
-class _HandOff:
+class _HandOff(ABC):
     """A bounded, closable frame buffer between the capture thread and one consumer."""
 
     def __init__(self, capacity: int) -> None:
@@ -45,15 +46,16 @@ class _HandOff:
         self._ended = False
         self._closed = False
 
+    @abstractmethod
     def put(self, frame: Frame) -> bool:
         """Hand over a frame. False when the hand-off was closed (the frame is discarded)."""
-        raise NotImplementedError
 
-    def take(self, timeout: float) -> Frame | None:
-        """The oldest frame held, waiting up to ``timeout``; None on timeout or when drained."""
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The oldest frame held, waiting up to ``timeout`` (None: no limit); None on timeout or
+        once drained."""
         with self._cond:
             self._cond.wait_for(lambda: bool(self._frames) or self._ended or self._closed,
-                                timeout=max(0.0, timeout))
+                                timeout=None if timeout is None else max(0.0, timeout))
             if not self._frames:
                 return None
             frame = self._frames.popleft()
@@ -61,7 +63,7 @@ class _HandOff:
             return frame
 
     def end(self) -> None:
-        """No more frames will come; the consumer may still take what is held."""
+        """No more frames will come; the consumer may still get what is held."""
         with self._cond:
             self._ended = True
             self._cond.notify_all()
@@ -161,7 +163,7 @@ class Capture:
 
     def get(self, timeout: float) -> Frame | None:
         """The next frame, or None after ``timeout`` seconds or once the capture is finished."""
-        return self._handoff.take(timeout)
+        return self._handoff.get(timeout)
 
     @property
     def finished(self) -> bool:

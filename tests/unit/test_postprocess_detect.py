@@ -280,3 +280,14 @@ def test_batched_nms_never_mixes_classes() -> None:
     assert len(batched_nms(candidates, 0.5, 10)) == 2
     same = Candidates(boxes, candidates.scores, np.array([1, 1]))
     assert len(batched_nms(same, 0.5, 10)) == 1
+
+
+def test_yolo_keeps_the_best_when_thousands_pass_the_threshold() -> None:
+    rng = np.random.default_rng(7)
+    rows = np.zeros((6000, 8), np.float32)
+    rows[:, :4] = rng.uniform(0.3, 0.7, (6000, 4))
+    rows[:, 4], rows[:, 5] = 1.0, rng.uniform(0.3, 0.6, 6000)
+    rows[4321, :6] = (0.5, 0.5, 0.2, 0.2, 1.0, 0.95)
+    found = detect([rows[None]])
+    assert found[0]["score"] == pytest.approx(0.95)
+    assert found[0]["box"] == pytest.approx([0.4, 0.4, 0.6, 0.6])

@@ -1,0 +1,172 @@
+"""``edge-runtime``: the device-side CLI (SPEC §5). Imports stay light: no TensorFlow, ever."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+log = logging.getLogger("edge_runtime")
+ONE_LINE_ERRORS = ("ConfigError", "ModelError", "BundleError", "BackendError", "SourceError",
+                   "PackError", "SignatureError", "ValidationError")
+
+
+class UsageError(Exception):
+    """Bad usage or input: exit 2 with one line."""
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="edge-runtime: %(levelname)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-runtime")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Run LiteRT models on camera, video and sensor input; publish results over MQTT."""
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Bundle directory, packed .tar.gz, or a bare .tflite.")
+@click.option("--source", help="Image folder, video, rtsp://, camera 0, serial://, csv:, or -.")
+@click.option("--mqtt", "mqtt_url", help="mqtt://[user:pass@]host[:port] or mqtts://…")
+@click.option("--mqtt-ca", type=click.Path(path_type=Path), help="CA certificate for mqtts://.")
+@click.option("--device-id", help="Device id (default: host name).")
+@click.option("--pipeline", "pipeline_name", help="Pipeline name (default: default).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Outbox, seq, bundles.")
+@click.option("--fps", type=float, help="Pace a file or folder source at this rate.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after N results.")
+@click.option("--loop", is_flag=True, default=None, help="Repeat a file or folder source.")
+@click.option("--labels", type=click.Path(path_type=Path), help="labels.txt for a bare model.")
+@click.option("--task", type=click.Choice(["classification", "detection", "regression",
+                                           "anomaly", "raw"]), help="Task of a bare model.")
+@click.option("--input-mean", help="Mean for a bare model (number or list).")
+@click.option("--input-std", help="Std for a bare model (number or list).")
+@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]), help="For a bare model.")
+@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads.")
+@click.option("--delegate", help="xnnpack, edgetpu[:usb|:pci], gpu, none, or a .so path.")
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
+              help="ed25519 public key; only bundles signed by a trusted key load.")
+def run(config_path: Path | None, **flags: Any) -> None:
+    """Run the daemon (from --config, or one pipeline from flags)."""
+    from .daemon import Daemon
+    from .runconfig import build_config
+
+    config = build_config(config_path, flags)
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    sys.exit(daemon.run())
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def info(bundle: Path, as_json: bool) -> None:
+    """Describe a bundle (or a bare .tflite): model, input, outputs, metrics, integrity."""
+    from .info import bundle_info, format_info
+
+    data = bundle_info(bundle)
+    click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--frames", type=click.IntRange(min=10), default=300, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Default: the profile's.")
+@click.option("--json", "as_json", is_flag=True)
+def bench(bundle: Path, frames: int, threads: int | None, as_json: bool) -> None:
+    """Latency percentiles (invoke only and end to end), fps and RSS on this machine."""
+    from .bench import format_bench, run_bench
+
+    data = run_bench(bundle, frames=frames, threads=threads)
+    click.echo(json.dumps(data, indent=2) if as_json else format_bench(data))
+
+
+@cli.command()
+@click.option("--mqtt", "mqtt_url", default="mqtt://127.0.0.1:1883", show_default=True)
+@click.option("--device-id", default="+", show_default=True, help="Device to watch (+: all).")
+@click.option("--prefix", default="edge", show_default=True)
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many results.")
+@click.option("--timeout", type=float, help="Exit after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON lines.")
+def watch(mqtt_url: str, device_id: str, prefix: str, count: int | None,
+          timeout: float | None, as_json: bool) -> None:
+    """Pretty-print a device's results, status and metrics as they arrive."""
+    from .watch import watch as run_watch
+
+    sys.exit(run_watch(mqtt_url, device_id, prefix, count=count, timeout=timeout,
+                       as_json=as_json))
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=1883, show_default=True)
+def broker(port: int) -> None:
+    """Run the embedded MQTT broker on 127.0.0.1 (for trying things out without Mosquitto)."""
+    try:
+        from .publish.broker import run_embedded_broker
+    except ImportError:
+        raise UsageError("the embedded broker needs amqtt: pip install 'edge-runtime[broker]'") \
+            from None
+    click.echo(f"embedded broker on mqtt://127.0.0.1:{port} (Ctrl-C to stop)", err=True)
+    try:
+        run_embedded_broker("127.0.0.1", port)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command("check-config")
+@click.argument("config_file", type=click.Path(path_type=Path))
+def check_config(config_file: Path) -> None:
+    """Validate a config file without starting anything."""
+    from .runconfig import check_config_file
+
+    for line in check_config_file(config_file):
+        click.echo(line)
+
+
+@cli.command("service-unit")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              default=Path("/etc/edge-runtime/config.yaml"), show_default=True)
+@click.option("--state-dir", default="/var/lib/edge-runtime", show_default=True)
+@click.option("--exec-path", default=None, help="Default: this edge-runtime executable.")
+@click.option("--user", default="edge-runtime", show_default=True)
+@click.option("--watchdog-sec", type=click.IntRange(min=0), default=30, show_default=True)
+def service_unit(config_path: Path, state_dir: str, exec_path: str | None, user: str,
+                 watchdog_sec: int) -> None:
+    """Print the systemd unit for this daemon."""
+    from .service import render_unit
+
+    exe = exec_path or str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == \
+        "edge-runtime" else exec_path or "/opt/edge-runtime/bin/edge-runtime"
+    click.echo(render_unit(config_path, exec_path=exe, state_dir=state_dir, user=user,
+                           watchdog_sec=watchdog_sec), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="edge-runtime", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except UsageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        if any(c.__name__ in ONE_LINE_ERRORS for c in type(exc).__mro__):
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+            sys.exit(2)
+        raise
+    sys.exit(0)

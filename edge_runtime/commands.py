@@ -1,0 +1,176 @@
+"""Commands on ``edge/D/cmd/VERB``: every message gets a reply; nothing on this topic can take the
+daemon down.
+
+Messages are queued (bounded) by the MQTT thread and handled one at a time on the command thread,
+behind a token bucket. Each verb is one small function; a refused command replies
+``{"ok": false, "error": "…"}`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+QUEUE_SIZE = 256
+
+
+class CommandRefused(Exception):
+    """Reply ``ok: false`` with this message."""
+
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: int
+    tokens: float = 0.0
+    stamp: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class CommandDispatcher:
+    def __init__(self, reply: Callable[[str, dict[str, Any]], None], *,
+                 max_payload_bytes: int = 65536, rate_per_s: float = 20.0,
+                 burst: int = 40) -> None:
+        self._reply = reply
+        self._handlers: dict[str, Handler] = {}
+        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(QUEUE_SIZE)
+        self._bucket = TokenBucket(rate_per_s, burst)
+        self.max_payload_bytes = max_payload_bytes
+        self.counters = {"received": 0, "handled": 0, "refused": 0, "dropped": 0,
+                         "rate_limited": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_drop_log = 0.0
+
+    def register(self, verb: str, handler: Handler) -> None:
+        self._handlers[verb] = handler
+
+    @property
+    def verbs(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def submit(self, verb: str, payload: bytes) -> None:
+        """Called on the MQTT thread: never blocks."""
+        self.counters["received"] += 1
+        try:
+            self._queue.put_nowait((verb, payload))
+        except queue.Full:
+            self.counters["dropped"] += 1
+            now = time.monotonic()
+            if now - self._last_drop_log > 5:
+                self._last_drop_log = now
+                log.warning("command queue full: dropping commands (flood?)")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                verb, payload = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.handle(verb, payload)
+            except Exception:  # a handler bug must not end the command thread
+                log.exception("command %r failed unexpectedly", verb[:64])
+
+    def handle(self, verb: str, payload: bytes) -> dict[str, Any]:
+        if not self._bucket.take():
+            self.counters["rate_limited"] += 1
+            return self._send(verb, {"ok": False, "error": "rate limited; try again later"})
+        request_id: Any = None
+        try:
+            args = self._parse(payload)
+            request_id = args.pop("id", None)
+            handler = self._handlers.get(verb)
+            if handler is None:
+                raise CommandRefused(f"unknown command {verb[:64]!r}; known: "
+                                     f"{', '.join(self.verbs)}")
+            result = {"ok": True, **handler(args)}
+            self.counters["handled"] += 1
+        except CommandRefused as exc:
+            self.counters["refused"] += 1
+            log.info("command %s refused: %s", verb[:64], exc)
+            result = {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            self.counters["refused"] += 1
+            log.exception("command %s failed", verb[:64])
+            result = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"[:300]}
+        if _plain_id(request_id):
+            result["id"] = request_id
+        return self._send(verb, result)
+
+    def _send(self, verb: str, result: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self._reply(verb, result)
+        except Exception:
+            log.exception("could not send the reply to %s", verb[:64])
+        return result
+
+    def _parse(self, payload: bytes) -> dict[str, Any]:
+        if len(payload) > self.max_payload_bytes:
+            raise CommandRefused(f"payload of {len(payload)} bytes is over the "
+                                 f"{self.max_payload_bytes}-byte limit")
+        if not payload.strip():
+            return {}
+        try:
+            data = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise CommandRefused("payload is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise CommandRefused(f"payload must be a JSON object, got {type(data).__name__}")
+        return data
+
+
+def _plain_id(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool) and len(str(value)) <= 128
+
+
+def expect(args: dict[str, Any], key: str, kind: type | tuple[type, ...], *,
+           required: bool = False) -> Any:
+    """Read ``args[key]`` checked against ``kind``; CommandRefused when absent or of a wrong type."""
+    if key not in args:
+        if required:
+            raise CommandRefused(f"missing {key!r}")
+        return None
+    value = args[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise CommandRefused(f"{key!r} must be a number, got a boolean")
+    if not isinstance(value, kind):
+        raise CommandRefused(f"{key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def only_keys(args: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise CommandRefused(f"unknown field(s): {', '.join(k[:40] for k in unknown[:5])}")

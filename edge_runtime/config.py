@@ -1,0 +1,177 @@
+"""The daemon's configuration: one YAML file, several pipelines, validated before anything starts.
+
+Unknown keys are refused with "did you mean"; every error names the key and its line. The flags of
+``edge-runtime run`` build the same model for the one-pipeline case.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .yamlconfig import ConfigError, load_yaml_model
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def default_state_dir() -> Path:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/edge-runtime")
+    return Path.home() / ".local" / "state" / "edge-runtime"
+
+
+def _topic_safe(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{what} {value!r} must be 1-64 letters, digits, '-', '_' or '.' "
+                         "(it becomes an MQTT topic level)")
+    return value
+
+
+class MqttConfig(_Model):
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://[user:pass@]host[:port] or mqtts://…")
+    username: str | None = Field(None, description="Overrides the URL's user.")
+    password: str | None = Field(None, description="Overrides the URL's password (never logged).")
+    password_file: Path | None = Field(None, description="File holding the password.")
+    ca_file: Path | None = Field(None, description="CA certificate for mqtts://.")
+    cert_file: Path | None = Field(None, description="Client certificate for mqtts://.")
+    key_file: Path | None = Field(None, description="Client key for mqtts://.")
+    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
+    prefix: str = Field("edge", description="First topic level.")
+    client_id: str | None = Field(None, description="Default: edge-runtime-<device id>.")
+    keepalive: int = Field(30, ge=5, le=3600, description="Keep-alive in seconds.")
+    max_inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged messages at most.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "#+\0") or value.startswith("/"):
+            raise ValueError(f"prefix {value!r} is not a valid topic prefix")
+        return value.rstrip("/")
+
+
+class PublishConfig(_Model):
+    mode: Literal["every", "change", "threshold"] = Field("every", description="When to publish.")
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Drop predictions below this.")
+    trigger_count: int = Field(1, ge=1, le=1000, description="Consecutive results to trigger.")
+    refractory_s: float = Field(0.0, ge=0.0, description="Quiet time after a triggered publish.")
+    heartbeat_s: float = Field(0.0, ge=0.0, description="Publish at least this often (0: off).")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of result messages.")
+
+
+class WindowConfig(_Model):
+    size: int = Field(..., ge=1, description="Readings per window.")
+    stride: int = Field(0, ge=0, description="Readings between window starts (0: size).")
+    channels: int = Field(1, ge=1, description="Values per reading.")
+
+
+class ModelHints(_Model):
+    """Describes a bare .tflite that has no manifest."""
+
+    labels: Path | None = Field(None, description="labels.txt for a bare model.")
+    task: Literal["classification", "detection", "regression", "anomaly", "raw"] | None = None
+    input_mean: float | list[float] | None = None
+    input_std: float | list[float] | None = None
+    color: Literal["RGB", "BGR", "GRAY"] | None = None
+    resize: Literal["stretch", "letterbox"] | None = None
+    decoder: Literal["ssd", "yolo"] | None = Field(None, description="Detection decoder.")
+
+
+class PipelineConfig(_Model):
+    name: str = Field("default", description="Pipeline name, the P in edge/D/P/result.")
+    bundle: Path = Field(..., description="Bundle directory, packed .tar.gz, or a bare .tflite.")
+    source: str = Field(..., description="Image folder, video, rtsp://, camera, serial://, csv:, -.")
+    fps: float | None = Field(None, gt=0, description="Pace a file source (a camera has its own).")
+    loop: bool = Field(False, description="Repeat a file or folder source.")
+    width: int | None = Field(None, ge=1, description="Requested camera width.")
+    height: int | None = Field(None, ge=1, description="Requested camera height.")
+    max_frames: int | None = Field(None, ge=1, description="Stop after this many results.")
+    threads: int | None = Field(None, ge=1, le=64, description="Interpreter threads.")
+    delegate: str | None = Field(None, description="xnnpack, edgetpu[:usb|:pci], gpu, none, or .so")
+    allow_cpu_fallback: bool = Field(False, description="Run on the CPU if the delegate fails.")
+    publish: PublishConfig = Field(default_factory=PublishConfig)  # type: ignore[arg-type]
+    postprocess: dict[str, Any] = Field(default_factory=dict, description="Task parameters.")
+    window: WindowConfig | None = None
+    model: ModelHints = Field(default_factory=ModelHints)  # type: ignore[arg-type]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _topic_safe(value, "pipeline name")
+
+
+class OutboxConfig(_Model):
+    max_messages: int = Field(100_000, ge=10, description="Oldest dropped beyond this.")
+    max_bytes: int = Field(256 * 2**20, ge=65536, description="Oldest dropped beyond this.")
+    synchronous: Literal["OFF", "NORMAL", "FULL"] = Field(
+        "NORMAL", description="SQLite fsync policy (NORMAL: a power cut may cost the last commits).")
+
+
+class CommandConfig(_Model):
+    max_payload_bytes: int = Field(65536, ge=256, description="Larger commands are refused.")
+    rate_per_s: float = Field(20.0, gt=0, description="Commands handled per second at most.")
+    burst: int = Field(40, ge=1, description="Commands allowed in a burst.")
+    bundle_roots: list[Path] = Field(default_factory=list,
+                                     description="Where reload may read bundles from.")
+
+
+class HomeAssistantConfig(_Model):
+    enabled: bool = Field(False, description="Publish Home Assistant MQTT discovery.")
+    prefix: str = Field("homeassistant", description="Discovery prefix.")
+
+
+class DaemonConfig(_Model):
+    device_id: str = Field(default_factory=lambda: _default_device_id(),
+                           description="The D in edge/D/...; default: host name.")
+    state_dir: Path | None = Field(None, description="Outbox, seq counters, installed bundles.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
+    metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between metrics messages.")
+    trusted_keys: list[Path] = Field(default_factory=list, description="ed25519 public keys.")
+    groups: list[str] = Field(default_factory=list, description="Deployment groups joined.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)  # type: ignore[arg-type]
+    commands: CommandConfig = Field(default_factory=CommandConfig)  # type: ignore[arg-type]
+    drain_timeout_s: float = Field(5.0, ge=0, description="Outbox drain time on shutdown.")
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)  # type: ignore[arg-type]
+    pipelines: list[PipelineConfig] = Field(..., min_length=1)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return _topic_safe(value, "device_id")
+
+    @model_validator(mode="after")
+    def _unique(self) -> DaemonConfig:
+        names = [p.name for p in self.pipelines]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pipeline names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or default_state_dir()
+
+
+def _default_device_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.")
+    return host or "edge-device"
+
+
+def load_config(path: Path) -> DaemonConfig:
+    config = load_yaml_model(path, DaemonConfig)
+    base = path.resolve().parent
+    for pipeline in config.pipelines:
+        if not pipeline.bundle.is_absolute():
+            pipeline.bundle = base / pipeline.bundle
+    return config
+
+
+__all__ = ["ConfigError", "DaemonConfig", "PipelineConfig", "load_config"]

@@ -1,0 +1,171 @@
+"""The command verbs (SPEC §6): pause, resume, set, snapshot-metrics, reload, rollback.
+
+``reload`` loads the new model beside the running one, checks it can serve the pipeline (same
+kind of input, same task), warms it up and health-checks it (invokes succeed, latency within the
+profile's budget), then swaps it in between two frames. The old model stays for ``rollback``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .commands import CommandDispatcher, CommandRefused, expect, only_keys
+from .model import LoadedModel, ModelError
+from .publish.payloads import encode
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+    from .pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+WARMUP_RUNS = 5
+
+
+class Control:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        cfg = daemon.config.commands
+        self.dispatcher = CommandDispatcher(self._reply, max_payload_bytes=cfg.max_payload_bytes,
+                                            rate_per_s=cfg.rate_per_s, burst=cfg.burst)
+        for verb, handler in (("pause", self.pause), ("resume", self.resume), ("set", self.set),
+                              ("snapshot-metrics", self.snapshot_metrics),
+                              ("reload", self.reload), ("rollback", self.rollback)):
+            self.dispatcher.register(verb, handler)
+
+    def _reply(self, verb: str, result: dict[str, Any]) -> None:
+        self.daemon.link.publish(self.daemon.topics.reply(verb), encode(result), qos=1)
+
+    # ----- targets ----------------------------------------------------------------------------
+
+    def _targets(self, args: dict[str, Any]) -> list[Pipeline]:
+        name = expect(args, "pipeline", str)
+        pipelines = self.daemon.pipelines
+        if name is None:
+            return list(pipelines.values())
+        if name not in pipelines:
+            raise CommandRefused(f"no pipeline {name[:64]!r}; known: {', '.join(pipelines)}")
+        return [pipelines[name]]
+
+    def _one_target(self, args: dict[str, Any]) -> Pipeline:
+        targets = self._targets(args)
+        if len(targets) != 1:
+            raise CommandRefused("several pipelines run here; say which with \"pipeline\"")
+        return targets[0]
+
+    # ----- verbs ------------------------------------------------------------------------------
+
+    def pause(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_keys(args, {"pipeline"})
+        targets = self._targets(args)
+        for p in targets:
+            p.pause()
+        return {"paused": [p.name for p in targets]}
+
+    def resume(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_keys(args, {"pipeline"})
+        targets = self._targets(args)
+        for p in targets:
+            p.resume()
+        return {"resumed": [p.name for p in targets]}
+
+    def set(self, args: dict[str, Any]) -> dict[str, Any]:
+        targets = self._targets(args)
+        changes = {k: v for k, v in args.items() if k != "pipeline"}
+        if not changes:
+            raise CommandRefused("nothing to set; e.g. {\"min_score\": 0.6}")
+        # validate on every target first so a refused change leaves all of them untouched
+        for p in targets:
+            try:
+                type(p.policy)(p.policy.settings).update(changes)
+            except ValueError as exc:
+                raise CommandRefused(str(exc)) from None
+        settings = {}
+        for p in targets:
+            settings[p.name] = p.policy.update(changes).as_dict()
+        return {"settings": settings}
+
+    def snapshot_metrics(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_keys(args, set())
+        return {"metrics": self.daemon.publish_metrics()}
+
+    def reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_keys(args, {"bundle", "pipeline"})
+        raw = expect(args, "bundle", str, required=True)
+        pipeline = self._one_target(args)
+        path = self.check_bundle_path(raw)
+        return self.install(pipeline, path)
+
+    def rollback(self, args: dict[str, Any]) -> dict[str, Any]:
+        only_keys(args, {"pipeline"})
+        pipeline = self._one_target(args)
+        previous = pipeline.previous
+        if previous is None:
+            raise CommandRefused("no previous model to roll back to")
+        current = pipeline.swap_model(previous)
+        pipeline.previous = current
+        log.info("pipeline %s rolled back to %s v%s", pipeline.name, previous.bundle.name,
+                 previous.bundle.version)
+        return {"pipeline": pipeline.name, "model": previous.bundle.model_info,
+                "previous": current.bundle.model_info}
+
+    # ----- reload machinery -------------------------------------------------------------------
+
+    def bundle_roots(self) -> list[Path]:
+        d = self.daemon
+        roots = [d.state_dir / "bundles", *d.config.commands.bundle_roots]
+        roots += [pc.bundle.parent for pc in d.config.pipelines]
+        return [Path(os.path.realpath(r)) for r in roots]
+
+    def check_bundle_path(self, raw: str) -> Path:
+        if not raw or len(raw) > 4096 or "\0" in raw:
+            raise CommandRefused("'bundle' must be a path")
+        path = Path(os.path.realpath(raw))
+        roots = self.bundle_roots()
+        if not any(path == r or path.is_relative_to(r) for r in roots):
+            raise CommandRefused(f"bundle path {raw[:200]!r} is outside the places bundles may "
+                                 "be loaded from")
+        if not path.exists():
+            raise CommandRefused(f"bundle {raw[:200]!r} does not exist")
+        return path
+
+    def install(self, pipeline: Pipeline, path: Path) -> dict[str, Any]:
+        """Load ``path`` beside the running model, check and warm it up, then swap it in."""
+        from .daemon import load_pipeline_model
+
+        try:
+            candidate = load_pipeline_model(pipeline.config, self.daemon.config, path)
+        except ModelError as exc:
+            raise CommandRefused(str(exc)) from None
+        try:
+            latency = self._health_check(pipeline.model, candidate)
+        except CommandRefused:
+            candidate.close()
+            raise
+        old = pipeline.swap_model(candidate)
+        log.info("pipeline %s now serves %s v%s (was v%s)", pipeline.name, candidate.bundle.name,
+                 candidate.bundle.version, old.bundle.version)
+        return {"pipeline": pipeline.name, "model": candidate.bundle.model_info,
+                "previous": old.bundle.model_info, "warmup_ms": round(latency, 3)}
+
+    def _health_check(self, current: LoadedModel, candidate: LoadedModel) -> float:
+        if candidate.spec.is_image != current.spec.is_image:
+            raise CommandRefused("the new model takes a different kind of input (image vs "
+                                 "sensor window) than this pipeline's source gives")
+        if not candidate.spec.is_image and candidate.spec.shape != current.spec.shape:
+            raise CommandRefused(f"the new model's input {list(candidate.spec.shape)} does not "
+                                 f"fit this pipeline's windows {list(current.spec.shape)}")
+        if candidate.bundle.task != current.bundle.task:
+            raise CommandRefused(f"the new model's task {candidate.bundle.task!r} differs from "
+                                 f"the pipeline's {current.bundle.task!r}")
+        try:
+            latency = candidate.warm_up(WARMUP_RUNS)
+        except Exception as exc:
+            raise CommandRefused(f"health check failed: the model does not run ({exc})") from None
+        budget = (candidate.bundle.profile.get("budgets") or {}).get("max_latency_ms")
+        if isinstance(budget, int | float) and budget > 0 and latency > budget:
+            raise CommandRefused(f"health check failed: {latency:.1f} ms per frame is over the "
+                                 f"profile's {budget} ms budget")
+        return latency

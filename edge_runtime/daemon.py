@@ -1,0 +1,217 @@
+"""The daemon: pipelines, the MQTT link, commands, metrics, status and the systemd handshake.
+
+Lifecycle: everything is loaded and checked first (a bad bundle or config never reaches the
+broker), then the link connects in the background, the pipelines start, and systemd hears
+READY=1. SIGTERM/SIGINT stop capture, let the frame in flight finish, drain the outbox within a
+timeout (what is left stays on disk for next time), publish ``offline`` and exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import DaemonConfig, PipelineConfig
+from .metrics import MetricsRegistry
+from .model import Hints, LoadedModel, ModelError, open_model
+from .notify import Notifier
+from .pipeline import Pipeline
+from .publish.mqtt import MqttLink
+from .publish.outbox import Outbox
+from .publish.payloads import encode
+from .publish.settings import parse_mqtt_url
+from .publish.topics import Topics
+
+log = logging.getLogger(__name__)
+TICK_S = 0.2
+FINISH_DRAIN_S = 30.0
+
+
+def hints_for(config: PipelineConfig) -> Hints:
+    m = config.model
+    return Hints(labels=m.labels, task=m.task, input_mean=m.input_mean, input_std=m.input_std,
+                 color=m.color, resize=m.resize, decoder=m.decoder)
+
+
+def load_pipeline_model(config: PipelineConfig, daemon: DaemonConfig, path: Path | None = None,
+                        ) -> LoadedModel:
+    return open_model(
+        path or config.bundle, threads=config.threads, delegate=config.delegate,
+        allow_cpu_fallback=config.allow_cpu_fallback, state_dir=daemon.resolved_state_dir,
+        trusted_keys=daemon.trusted_keys, hints=hints_for(config), params=config.postprocess,
+    )
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.state_dir = config.resolved_state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.topics = Topics(config.device_id, config.mqtt.prefix)
+        self.registry = MetricsRegistry()
+        self.notifier = Notifier()
+        self._stop = threading.Event()
+        self._status: tuple[str, str] = ("", "")
+        self._pipeline_states: dict[str, tuple[str, str]] = {}
+        models = self._load_models()
+        self.outbox = Outbox(self.state_dir / "outbox.sqlite", config.outbox.max_messages,
+                             config.outbox.max_bytes, config.outbox.synchronous)
+        from .control import Control
+
+        self.control = Control(self)
+        self.link = MqttLink(self._mqtt_settings(), self.topics, self.outbox,
+                             on_command=self.control.dispatcher.submit,
+                             status_extra=self._status_extra)
+        self.pipelines: dict[str, Pipeline] = {}
+        for pc in config.pipelines:
+            self.pipelines[pc.name] = Pipeline(
+                pc, models[pc.name], device=config.device_id,
+                result_topic=self.topics.result(pc.name), outbox=self.outbox,
+                wake=self.link.wake, metrics=self.registry.pipeline(pc.name),
+                on_state=self._pipeline_state)
+        self.registry.set_gauge("outbox_depth", self.outbox.depth)
+        self.registry.set_gauge("outbox_bytes", self.outbox.size_bytes)
+        self.registry.set_gauge("outbox_dropped", lambda: self.outbox.dropped)
+        self.registry.set_gauge("mqtt_connected", lambda: self.link.connected)
+
+    def _load_models(self) -> dict[str, LoadedModel]:
+        models: dict[str, LoadedModel] = {}
+        try:
+            for pc in self.config.pipelines:
+                models[pc.name] = load_pipeline_model(pc, self.config)
+        except ModelError:
+            for m in models.values():
+                m.close()
+            raise
+        return models
+
+    def _mqtt_settings(self) -> Any:
+        m = self.config.mqtt
+        overrides: dict[str, Any] = {
+            "protocol": m.protocol, "keepalive": m.keepalive, "max_inflight": m.max_inflight,
+            "client_id": m.client_id or f"edge-runtime-{self.config.device_id}",
+        }
+        for key in ("username", "password", "ca_file", "cert_file", "key_file"):
+            if getattr(m, key) is not None:
+                overrides[key] = getattr(m, key)
+        if m.password_file is not None:
+            try:
+                overrides["password"] = m.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ModelError(f"cannot read mqtt.password_file: {exc.strerror}") from None
+        return parse_mqtt_url(m.url, **overrides)
+
+    # ----- lifecycle --------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        self.link.set_status("online", reason="starting")
+        self.link.start()
+        self.control.dispatcher.start()
+        for p in self.pipelines.values():
+            p.start()
+        self._update_status(force=True)
+        self.notifier.ready(f"serving {len(self.pipelines)} pipeline(s)")
+        log.info("serving %s as %s on %s", ", ".join(self.pipelines), self.config.device_id,
+                 self.link.settings.address)
+        finished = self._serve()
+        self.shutdown(drain_s=FINISH_DRAIN_S if finished else self.config.drain_timeout_s)
+        return 0
+
+    def _serve(self) -> bool:
+        """Loop until asked to stop (False) or every pipeline's source has ended (True)."""
+        next_metrics = time.monotonic() + self.config.metrics_interval_s
+        while not self._stop.wait(TICK_S):
+            if all(p.done.is_set() for p in self.pipelines.values()):
+                return True
+            self._update_status()
+            self._pet_watchdog()
+            if time.monotonic() >= next_metrics:
+                self.publish_metrics()
+                next_metrics = time.monotonic() + self.config.metrics_interval_s
+        return False
+
+    def shutdown(self, drain_s: float) -> None:
+        self.notifier.stopping()
+        for p in self.pipelines.values():
+            p.stop()
+        for p in self.pipelines.values():
+            p.join(timeout=10)
+        self.control.dispatcher.stop()
+        self.publish_metrics()
+        left = self.link.stop(drain_timeout=drain_s)
+        if left:
+            log.warning("%d result(s) not yet acknowledged stay in the outbox for next time", left)
+        self.outbox.close()
+        for p in self.pipelines.values():
+            p.model.close()
+
+    def _pet_watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        now = time.monotonic()
+        live = [p for p in self.pipelines.values() if not p.done.is_set()]
+        if all(now - p.last_beat < interval for p in live):
+            self.notifier.watchdog()
+
+    # ----- status and metrics -----------------------------------------------------------------
+
+    def _pipeline_state(self, name: str, state: str, reason: str) -> None:
+        self._pipeline_states[name] = (state, reason)
+
+    def _degraded_reasons(self) -> list[str]:
+        reasons = [f"{name}: {reason}" for name, (state, reason) in self._pipeline_states.items()
+                   if state == "degraded"]
+        for p in self.pipelines.values():
+            if p.model.backend.fell_back:
+                reasons.append(f"{p.name}: delegate unavailable, running on the CPU")
+        if self.outbox.dropped:
+            reasons.append(f"outbox full: {self.outbox.dropped} oldest result(s) dropped")
+        return reasons
+
+    def _update_status(self, force: bool = False) -> None:
+        reasons = self._degraded_reasons()
+        status = ("degraded", "; ".join(reasons)[:500]) if reasons else ("online", "")
+        if force or status != self._status:
+            self._status = status
+            self.link.set_status(status[0], reason=status[1] or None)
+            self.notifier.status(f"{status[0]}{': ' + status[1] if status[1] else ''}")
+
+    def _status_extra(self) -> dict[str, Any]:
+        return {
+            "device": self.config.device_id, "version": __version__,
+            "pipelines": {name: {"model": p.model.bundle.model_info, "paused": p.paused,
+                                 "source": self.config_for(name).source}
+                          for name, p in self.pipelines.items()},
+        }
+
+    def config_for(self, name: str) -> PipelineConfig:
+        return self.pipelines[name].config
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        snap = self.registry.snapshot()
+        snap["pipelines"] = {name: p.snapshot() for name, p in self.pipelines.items()}
+        snap["outbox"] = {"depth": self.outbox.depth(), "bytes": self.outbox.size_bytes(),
+                          "dropped": self.outbox.dropped}
+        snap["mqtt"] = {"connected": self.link.connected, **self.link.counters}
+        snap["commands"] = dict(self.control.dispatcher.counters)
+        snap["device"] = self.config.device_id
+        return snap
+
+    def publish_metrics(self) -> dict[str, Any]:
+        snap = self.metrics_snapshot()
+        snap["ts"] = round(time.time(), 3)
+        self.link.publish(self.topics.metrics, encode(snap), qos=0)
+        return snap

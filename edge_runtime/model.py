@@ -1,0 +1,236 @@
+"""A model ready to serve: bundle + interpreter + preprocessing + post-processing.
+
+``open_model`` accepts a bundle directory, a packed ``.tar.gz`` (unpacked safely into the state
+dir) or a bare ``.tflite`` described by hints. It checks signatures when keys are trusted, and
+``LoadedModel.run`` is the per-frame hot path: preprocess straight into the input tensor, invoke,
+post-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, BackendError, load_backend
+from .bundle import Bundle, BundleError, bare_model, load_bundle_dir, read_labels
+from .postprocess import Outcome, OutputInfo, PostContext, Postprocess, build_postprocessor
+from .preprocess import InputSpec, Preprocessor, as_tuple
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(Exception):
+    """A model that cannot be served; one line naming the problem."""
+
+
+@dataclass
+class Hints:
+    """How to read a bare ``.tflite`` (ignored for bundles, whose manifest says it all)."""
+
+    labels: Path | None = None
+    task: str | None = None
+    input_mean: Any = None
+    input_std: Any = None
+    color: str | None = None
+    resize: str | None = None
+    decoder: str | None = None
+
+
+@dataclass
+class Timings:
+    preprocess: float
+    inference: float
+    postprocess: float
+
+
+@dataclass
+class LoadedModel:
+    bundle: Bundle
+    backend: Backend
+    spec: InputSpec
+    pre: Preprocessor
+    post: Postprocess
+    outputs: list[OutputInfo]
+    wants_input: bool = False
+    source: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, data: np.ndarray) -> tuple[Outcome, Timings]:
+        """One frame through the model. ValueError for a frame that cannot be used."""
+        t0 = time.perf_counter()
+        self.backend.fill_input(self._fill(data))
+        t1 = time.perf_counter()
+        self.backend.invoke()
+        t2 = time.perf_counter()
+        arrays = self.backend.get_outputs()
+        ctx = PostContext(letterbox=self.pre.last_letterbox if self.spec.is_image else None,
+                          input_tensor=self._float_input(data) if self.wants_input else None)
+        outcome = self.post(arrays, ctx)
+        t3 = time.perf_counter()
+        return outcome, Timings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+
+    def _fill(self, data: np.ndarray) -> Any:
+        pre = self.pre
+
+        def fill(buffer: np.ndarray) -> None:
+            pre(data, out=buffer)
+
+        return fill
+
+    def _float_input(self, data: np.ndarray) -> np.ndarray:
+        spec = self.spec.with_quantization("float32", 0.0, 0)
+        return Preprocessor(spec)(data)
+
+    def warm_up(self, runs: int = 3) -> float:
+        """Invoke on a neutral input; return the median latency in ms (a health check)."""
+        if self.spec.is_image:
+            probe = np.full((self.spec.height, self.spec.width, 3), 127, np.uint8)
+        else:
+            probe = np.zeros(self.spec.shape, np.float32)
+        times = []
+        for _ in range(max(1, runs)):
+            start = time.perf_counter()
+            self.run(probe)
+            times.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(times))
+
+    def close(self) -> None:
+        try:
+            self.backend.close()
+        except BackendError:
+            pass
+
+
+def resolve_bundle(path: Path, *, state_dir: Path | None = None,
+                   trusted_keys: Sequence[Path] = (), hints: Hints | None = None) -> Bundle:
+    """Find and check the bundle at ``path`` (without loading the interpreter)."""
+    path = Path(path)
+    if trusted_keys and path.suffix == ".tflite":
+        raise ModelError(f"{path}: a bare .tflite cannot be signed; with trusted keys only "
+                         "signed bundles are loaded")
+    if path.is_dir():
+        _verify(path, trusted_keys)
+        return load_bundle_dir(path)
+    if path.name.endswith((".tar.gz", ".tgz")):
+        return load_bundle_dir(_unpack(path, state_dir, trusted_keys))
+    if path.suffix == ".tflite":
+        h = hints or Hints()
+        labels = read_labels(h.labels) if h.labels else None
+        return bare_model(path, labels=labels, task=h.task)
+    if not path.exists():
+        raise ModelError(f"bundle {path} does not exist")
+    raise ModelError(f"{path}: expected a bundle directory, a .tar.gz or a .tflite file")
+
+
+def _verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> None:
+    if not trusted_keys:
+        return
+    from .signing import SignatureError, verify_bundle
+
+    try:
+        verify_bundle(bundle_dir, trusted_keys)
+    except SignatureError as exc:
+        raise ModelError(f"{bundle_dir}: {exc}") from None
+
+
+def _unpack(archive: Path, state_dir: Path | None, trusted_keys: Sequence[Path]) -> Path:
+    from .packing import PackError, unpack_bundle
+    from .signing import SignatureError
+
+    if not archive.is_file():
+        raise ModelError(f"bundle {archive} does not exist")
+    root = (state_dir or Path.home() / ".local" / "state" / "edge-runtime") / "bundles"
+    try:
+        return unpack_bundle(archive, root, trusted_keys=trusted_keys)
+    except (PackError, SignatureError) as exc:
+        raise ModelError(f"{archive}: {exc}") from None
+
+
+def open_model(path: Path, *, threads: int | None = None, delegate: str | None = None,
+               allow_cpu_fallback: bool = False, state_dir: Path | None = None,
+               trusted_keys: Sequence[Path] = (), hints: Hints | None = None,
+               params: dict[str, Any] | None = None) -> LoadedModel:
+    """Everything needed to serve ``path``; ModelError (one line) when it cannot be served."""
+    try:
+        bundle = resolve_bundle(path, state_dir=state_dir, trusted_keys=trusted_keys, hints=hints)
+    except (BundleError, ValueError) as exc:
+        raise ModelError(str(exc)) from None
+    profile = bundle.profile
+    threads = threads or _profile_threads(profile)
+    delegate = delegate or _profile_delegate(profile)
+    try:
+        backend = load_backend(bundle.model_path, threads=threads, delegate=delegate,
+                               allow_cpu_fallback=allow_cpu_fallback)
+    except BackendError as exc:
+        raise ModelError(str(exc)) from None
+    try:
+        return _assemble(bundle, backend, hints or Hints(), params or {}, path)
+    except (ValueError, BundleError) as exc:
+        backend.close()
+        raise ModelError(f"{path}: {exc}") from None
+
+
+def _profile_threads(profile: dict[str, Any]) -> int | None:
+    value = profile.get("threads")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _profile_delegate(profile: dict[str, Any]) -> str | None:
+    value = profile.get("delegate")
+    # A bundle made for a GPU or Edge TPU may still be served on a CPU-only host when allowed;
+    # the profile's delegate is the default, the config's wins.
+    return str(value) if isinstance(value, str) and value not in ("", "xnnpack") else None
+
+
+def _assemble(bundle: Bundle, backend: Backend, hints: Hints, params: dict[str, Any],
+              path: Path) -> LoadedModel:
+    if len(backend.inputs) != 1:
+        raise ValueError(f"the model has {len(backend.inputs)} inputs; one is supported")
+    info = backend.inputs[0]
+    spec = bundle.input_spec or _bare_spec(info.shape, info.dtype, info.scale, info.zero_point,
+                                           hints)
+    if tuple(spec.shape) != tuple(info.shape):
+        raise ValueError(f"manifest input shape {list(spec.shape)} does not match the model's "
+                         f"{list(info.shape)}")
+    spec = spec.with_quantization(info.dtype, info.scale, info.zero_point)
+    outputs = [OutputInfo(o.name, tuple(o.shape), o.dtype, o.scale, o.zero_point)
+               for o in backend.outputs]
+    merged = {**bundle.params, **params}
+    if bundle.manifest is None and hints.decoder:
+        merged.setdefault("decoder", hints.decoder)
+    if spec.is_image and bundle.task == "detection":
+        merged.setdefault("input_width", spec.width)
+        merged.setdefault("input_height", spec.height)
+    if bundle.task == "anomaly" and bundle.manifest is not None:
+        merged.setdefault("reference_stats", bundle.manifest.reference_stats)
+    post = build_postprocessor(bundle.task, outputs, bundle.labels, merged)
+    wants_input = bundle.task == "anomaly" and outputs and \
+        int(np.prod(outputs[0].shape)) == int(np.prod(spec.shape))
+    bundle.input_spec = spec
+    return LoadedModel(bundle, backend, spec, Preprocessor(spec), post, outputs,
+                       bool(wants_input), path)
+
+
+def _bare_spec(shape: tuple[int, ...], dtype: str, scale: float, zero_point: int,
+               hints: Hints) -> InputSpec:
+    channels = shape[3] if len(shape) == 4 else 1
+    color = hints.color or ("GRAY" if channels == 1 else "RGB")
+    if hints.input_mean is not None or hints.input_std is not None:
+        mean = as_tuple(hints.input_mean if hints.input_mean is not None else 0.0)
+        std = as_tuple(hints.input_std if hints.input_std is not None else 1.0)
+    elif dtype in ("uint8", "int8") and scale > 0:
+        # Without flags a quantized input takes pixels as they are (uint8) or shifted (int8).
+        mean = (zero_point + (128.0 if dtype == "int8" else 0.0),)
+        std = (1.0 / scale,)
+    else:
+        log.warning("bare float model without --input-mean/--input-std: feeding raw pixels 0-255")
+        mean, std = (0.0,), (1.0,)
+    return InputSpec(shape=tuple(shape), dtype=dtype, color=color,  # type: ignore[arg-type]
+                     resize=hints.resize or "stretch",  # type: ignore[arg-type]
+                     mean=mean, std=std)

@@ -1,0 +1,234 @@
+"""One pipeline: a source → preprocess → backend → postprocess → outbox, on its own threads.
+
+The capture thread holds at most one frame for live sources (newest wins) and hands frames over
+one by one for files; the inference thread below is the only owner of the interpreter. A model
+swap (``reload``, ``rollback``) replaces the :class:`LoadedModel` between two frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import PipelineConfig
+from .frames import Frame
+from .metrics import PipelineMetrics
+from .model import LoadedModel
+from .policy import PolicySettings, PublishPolicy
+from .publish.outbox import Outbox
+from .publish.payloads import FrameInfo, ModelInfo, ResultMessage, Timing
+from .sources import SourceOptions, WindowSpec, open_source
+from .sources.capture import Capture
+
+log = logging.getLogger(__name__)
+GET_TIMEOUT_S = 0.25
+
+StateCallback = Callable[[str, str, str], None]   # (pipeline, state, reason)
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, model: LoadedModel, *, device: str,
+                 result_topic: str, outbox: Outbox, wake: Callable[[], None],
+                 metrics: PipelineMetrics, on_state: StateCallback | None = None,
+                 heartbeat: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.device = device
+        self.topic = result_topic
+        self._outbox = outbox
+        self._wake = wake
+        self.metrics = metrics
+        self._on_state = on_state
+        self._heartbeat = heartbeat
+        self._model = model
+        self.previous: LoadedModel | None = None
+        self._swap_lock = threading.Lock()
+        self.policy = PublishPolicy(_policy_settings(config))
+        self._paused = threading.Event()
+        self._stop = threading.Event()
+        self.done = threading.Event()
+        self.results = 0
+        self.last_beat = time.monotonic()
+        self.source_state = "ok"
+        self.source_reason = ""
+        self._thread: threading.Thread | None = None
+        self.capture = Capture(open_source(config.source, self._source_options(model)),
+                               on_state=self._source_state)
+        self._describe_model(model)
+
+    # ----- control ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.capture.start()
+        self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop capture; the frame in flight finishes and is published."""
+        self._stop.set()
+        self.capture.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    @property
+    def model(self) -> LoadedModel:
+        return self._model
+
+    def swap_model(self, new: LoadedModel) -> LoadedModel:
+        """Serve ``new`` from the next frame on; return the model it replaced."""
+        with self._swap_lock:
+            old, self._model = self._model, new
+            self.previous = old
+        self.policy.reset()
+        self._describe_model(new)
+        return old
+
+    # ----- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("pipeline %s stopped by an unexpected error", self.name)
+            self._state("degraded", "pipeline stopped by an unexpected error")
+        finally:
+            self.done.set()
+
+    def _loop(self) -> None:
+        limit = self.config.max_frames
+        while not self._stop.is_set():
+            self.last_beat = time.monotonic()
+            frame = self.capture.get(GET_TIMEOUT_S)
+            if frame is None:
+                if self.capture.finished:
+                    self._finished_source()
+                    return
+                continue
+            self.metrics.frame_captured()
+            if self._paused.is_set():
+                continue
+            if self._process(frame) and limit is not None and self.results >= limit:
+                return
+
+    def _finished_source(self) -> None:
+        error = getattr(self.capture, "error", None)
+        if error:
+            self._state("degraded", str(error))
+        log.info("pipeline %s: source %s ended after %d results", self.name,
+                 self.config.source, self.results)
+
+    def _process(self, frame: Frame) -> bool:
+        with self._swap_lock:
+            model = self._model
+        try:
+            outcome, t = model.run(frame.data)
+        except ValueError as exc:
+            self.metrics.error()
+            log.warning("pipeline %s: frame %s skipped: %s", self.name, frame.ref, exc)
+            return False
+        self.metrics.frame_processed()
+        outcome = self.policy.filter(outcome)
+        now = time.time()
+        if not self.policy.should_publish(outcome, now):
+            return False
+        start = time.perf_counter()
+        message = ResultMessage(
+            device=self.device, pipeline=self.name, seq=0, ts=round(now, 3),
+            model=ModelInfo(model.bundle.name, model.bundle.version, model.bundle.sha256),
+            frame=FrameInfo(frame.index, frame.ref, round(frame.captured_at, 3)),
+            task=outcome.task, output=outcome.payload,
+            timing_ms=Timing(t.preprocess, t.inference, t.postprocess,
+                             t.preprocess + t.inference + t.postprocess),
+        )
+        self._outbox.append(self.name, self.topic, message.build, qos=self.config.publish.qos)
+        self._wake()
+        self.results += 1
+        done = time.perf_counter()
+        self.metrics.record_ms("preprocess", t.preprocess)
+        self.metrics.record_ms("inference", t.inference)
+        self.metrics.record_ms("postprocess", t.postprocess)
+        self.metrics.record_ms("publish", (done - start) * 1e3)
+        self.metrics.record_ms("total", max(0.0, (time.time() - frame.captured_at) * 1e3))
+        if frame.label is not None:
+            self._score(frame.label, outcome.top_label)
+        return True
+
+    def _score(self, truth: str, predicted: str | None) -> None:
+        self.metrics.counters.inc("labelled")
+        if truth == predicted:
+            self.metrics.counters.inc("correct")
+
+    # ----- helpers ----------------------------------------------------------------------------
+
+    def _source_options(self, model: LoadedModel) -> SourceOptions:
+        c = self.config
+        window = None
+        if not model.spec.is_image:
+            window = _window_for(c, model)
+        return SourceOptions(fps=c.fps, loop=c.loop, width=c.width, height=c.height,
+                             window=window)
+
+    def _source_state(self, state: str, reason: str) -> None:
+        self.source_state, self.source_reason = state, reason
+        self._state(state, reason)
+
+    def _state(self, state: str, reason: str) -> None:
+        if self._on_state is not None:
+            self._on_state(self.name, state, reason)
+
+    def _describe_model(self, model: LoadedModel) -> None:
+        self.metrics.set_info("model", {"name": model.bundle.name,
+                                        "version": model.bundle.version,
+                                        "sha256": model.bundle.sha256})
+        self.metrics.set_info("delegate", model.backend.delegate)
+        self.metrics.set_info("cpu_fallback", model.backend.fell_back)
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.metrics.snapshot()
+        stats = self.capture.stats
+        frames = dict(snap.get("frames", {}))  # type: ignore[call-overload]
+        frames.update(captured=stats.get("captured", 0), dropped=stats.get("dropped", 0),
+                      unreadable=stats.get("unreadable", 0) + frames.get("errors", 0),
+                      reopens=stats.get("reopens", 0))
+        snap["frames"] = frames
+        snap["results"] = self.results
+        snap["paused"] = self.paused
+        snap["source"] = {"state": self.source_state, "reason": self.source_reason}
+        return snap
+
+
+def _policy_settings(config: PipelineConfig) -> PolicySettings:
+    p = config.publish
+    return PolicySettings(mode=p.mode, min_score=p.min_score, trigger_count=p.trigger_count,
+                          refractory_s=p.refractory_s, heartbeat_s=p.heartbeat_s)
+
+
+def _window_for(config: PipelineConfig, model: LoadedModel) -> WindowSpec:
+    if config.window is not None:
+        w = config.window
+        return WindowSpec(size=w.size, stride=w.stride, channels=w.channels)
+    sensor = model.bundle.manifest.sensor if model.bundle.manifest else None
+    shape = model.spec.shape
+    if sensor:
+        return WindowSpec(size=int(sensor.get("window", shape[1])),
+                          stride=int(sensor.get("stride", 0)),
+                          channels=int(sensor.get("channels", 1)))
+    channels = int(shape[-1]) if len(shape) == 3 else 1
+    size = int(shape[1]) if len(shape) >= 2 else 1
+    return WindowSpec(size=size, stride=0, channels=channels)

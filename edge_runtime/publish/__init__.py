@@ -1,0 +1,44 @@
+"""Getting results off the device: topics, wire messages, the durable outbox and the MQTT link.
+
+A result is appended to the :class:`Outbox` (on disk, numbered per pipeline), then
+:class:`MqttLink` sends it and deletes it once the broker acknowledged it. The embedded broker
+lives in :mod:`edge_runtime.publish.broker` and is not imported here (amqtt is optional).
+"""
+
+from __future__ import annotations
+
+from edge_runtime.publish.mqtt import MqttLink
+from edge_runtime.publish.outbox import Outbox, OutboxItem
+from edge_runtime.publish.payloads import (
+    CommandError,
+    CommandReply,
+    FrameInfo,
+    MetricsMessage,
+    ModelInfo,
+    PayloadError,
+    ResultMessage,
+    StatusMessage,
+    Timing,
+    parse_command,
+)
+from edge_runtime.publish.settings import MqttSettings, parse_mqtt_url
+from edge_runtime.publish.topics import Topics
+
+__all__ = [
+    "CommandError",
+    "CommandReply",
+    "FrameInfo",
+    "MetricsMessage",
+    "ModelInfo",
+    "MqttLink",
+    "MqttSettings",
+    "Outbox",
+    "OutboxItem",
+    "PayloadError",
+    "ResultMessage",
+    "StatusMessage",
+    "Timing",
+    "Topics",
+    "parse_command",
+    "parse_mqtt_url",
+]

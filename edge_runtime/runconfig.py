@@ -1,0 +1,112 @@
+"""Build the daemon's config from a file, from ``run``'s flags, or both (flags win)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import DaemonConfig, load_config
+from .yamlconfig import ConfigError, describe_errors
+
+PIPELINE_FLAGS = {"bundle": "bundle", "source": "source", "fps": "fps", "max_frames": "max_frames",
+                  "loop": "loop", "threads": "threads", "delegate": "delegate"}
+HINT_FLAGS = ("labels", "task", "input_mean", "input_std", "color")
+
+
+def build_config(config_path: Path | None, flags: dict[str, Any]) -> DaemonConfig:
+    data = load_config(config_path).model_dump(exclude_unset=True) if config_path else {}
+    _apply_device_flags(data, flags)
+    _apply_pipeline_flags(data, flags, from_file=config_path is not None)
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors("options", None, exc, DaemonConfig)) from None
+
+
+def _given(flags: dict[str, Any], key: str) -> bool:
+    return flags.get(key) not in (None, ())
+
+
+def _apply_device_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:
+    for key in ("device_id", "state_dir"):
+        if _given(flags, key):
+            data[key] = flags[key]
+    mqtt = dict(data.get("mqtt") or {})
+    if _given(flags, "mqtt_url"):
+        mqtt["url"] = flags["mqtt_url"]
+    if _given(flags, "mqtt_ca"):
+        mqtt["ca_file"] = flags["mqtt_ca"]
+    if mqtt:
+        data["mqtt"] = mqtt
+    if _given(flags, "trusted_keys"):
+        data["trusted_keys"] = [*data.get("trusted_keys", []), *flags["trusted_keys"]]
+
+
+def _apply_pipeline_flags(data: dict[str, Any], flags: dict[str, Any], *, from_file: bool,
+                          ) -> None:
+    pipelines: list[dict[str, Any]] = list(data.get("pipelines") or [])
+    wanted = [k for k in (*PIPELINE_FLAGS, *HINT_FLAGS) if _given(flags, k)]
+    name = flags.get("pipeline_name")
+    target = next((p for p in pipelines if p.get("name", "default") == (name or "default")),
+                  None)
+    if target is None and from_file and name is None and len(pipelines) == 1:
+        target = pipelines[0]
+    if target is None:
+        if from_file and not wanted:
+            data["pipelines"] = pipelines
+            return
+        if from_file and len(pipelines) > 1 and name is None:
+            raise ConfigError("the config has several pipelines; say which with --pipeline")
+        target = {"name": name or "default"}
+        pipelines.append(target)
+    for flag, key in PIPELINE_FLAGS.items():
+        if _given(flags, flag):
+            target[key] = flags[flag]
+    hints = dict(target.get("model") or {})
+    for flag in HINT_FLAGS:
+        if _given(flags, flag):
+            hints[flag] = _number_list(flags[flag]) if flag.startswith("input_") else flags[flag]
+    if hints:
+        target["model"] = hints
+    if not target.get("bundle") or not target.get("source"):
+        raise ConfigError("give --bundle and --source (or --config FILE)")
+    data["pipelines"] = pipelines
+
+
+def _number_list(text: str) -> float | list[float]:
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number or a comma-separated list") from None
+    if not values:
+        raise ConfigError("empty --input-mean/--input-std")
+    return values[0] if len(values) == 1 else values
+
+
+def check_config_file(path: Path) -> list[str]:
+    """Validate ``path`` fully (schema, sources, bundles) without loading models."""
+    from .model import resolve_bundle
+    from .sources import SourceError, open_source
+
+    config = load_config(path)
+    problems: list[str] = []
+    for i, p in enumerate(config.pipelines):
+        where = f"{path}: pipelines[{i}] ({p.name})"
+        try:
+            open_source(p.source)
+        except (SourceError, ValueError) as exc:
+            problems.append(f"{where}: source: {exc}")
+        if not p.bundle.exists():
+            problems.append(f"{where}: bundle {p.bundle} does not exist")
+        elif p.bundle.is_dir():
+            try:
+                resolve_bundle(p.bundle, trusted_keys=config.trusted_keys)
+            except Exception as exc:
+                problems.append(f"{where}: bundle: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    names = ", ".join(p.name for p in config.pipelines)
+    return [f"{path}: ok — device {config.device_id}, {len(config.pipelines)} pipeline(s): {names}"]

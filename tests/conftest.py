@@ -1,0 +1,53 @@
+"""Shared fixtures: real sample data (scikit-learn digits), a trained Keras model and a real bundle.
+
+Training and converting take ~40 s, so they happen once per test session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def cli(name: str) -> str:
+    """Path of a console script installed next to the test interpreter."""
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([cli(args[0]), *args[1:]], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with images/train, images/val (class folders), labels.txt, digits.keras, digits.mp4."""
+    from converters.samples import make_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    make_digits(root, epochs=12)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real rpi4 int8 bundle converted by the real CLI."""
+    out = tmp_path_factory.mktemp("bundles")
+    result = run_cli(
+        "edge-convert", "convert", str(digits / "digits.keras"), "--profile", "rpi4",
+        "--calibration", str(digits / "images" / "train"),
+        "--validation", str(digits / "images" / "val"), "--labels", str(digits / "labels.txt"),
+        "--input-mean", "0", "--input-std", "255", "--color", "GRAY", "--name", "digits",
+        "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    return out / "digits-rpi4"
