@@ -108,9 +108,10 @@ check_privileges() {
 
 find_python() {
     PYTHON="${EDGE_VENV_PYTHON:-python3}"
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found; set EDGE_VENV_PYTHON to a python >= 3.10"
+    command -v "$PYTHON" >/dev/null ||
+        die "$PYTHON not found; set EDGE_VENV_PYTHON to a python >= 3.10"
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
-        die "$PYTHON is $("$PYTHON" -V 2>&1); edge-runtime needs Python >= 3.10 (set EDGE_VENV_PYTHON)"
+        die "$PYTHON is $("$PYTHON" -V 2>&1); edge-runtime needs >= 3.10 (set EDGE_VENV_PYTHON)"
     if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
         if staging || ! command -v apt-get >/dev/null; then
             die "$PYTHON cannot create venvs; install the python3-venv package"
@@ -159,7 +160,7 @@ install_package() {
     (cd / && "$venv/bin/python" -m pip install --disable-pip-version-check --no-input \
         ${pip_extra[@]+"${pip_extra[@]}"} "$src") || die "pip install failed (see above)"
     if (cd / && "$venv/bin/python" -c 'import tensorflow' 2>/dev/null); then
-        note "tensorflow is importable in the venv (system site packages?); the daemon never uses it"
+        note "tensorflow is importable in the venv (system site packages?); the daemon ignores it"
     fi
 }
 
@@ -221,7 +222,7 @@ install_unit() {
         >"$unit" 2>"$WORK/cli.err"; then
         :
     elif (cd / && "$venv/bin/python" -m edge_runtime.service --config "$CONFIG_PATH") >"$unit"; then
-        note "rendered the unit with python -m edge_runtime.service (CLI: $(tail -n 1 "$WORK/cli.err"))"
+        note "unit rendered by python -m edge_runtime.service (CLI: $(tail -n 1 "$WORK/cli.err"))"
     else
         die "cannot render the systemd unit"
     fi
@@ -290,7 +291,10 @@ start_service() {
         return
     fi
     systemctl daemon-reload
-    ((START)) || return 0
+    if ((!START)); then
+        note "not started (--no-start); when ready: systemctl enable --now edge-runtime"
+        return
+    fi
     say "Enabling and (re)starting edge-runtime"
     systemctl enable edge-runtime
     # restart, not start: a reinstall must run the new code.

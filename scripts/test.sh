@@ -33,7 +33,7 @@ fi
 export EDGE_MOSQUITTO="${MOSQUITTO}"
 
 echo "==> ruff"
-.venv/bin/ruff check edge_runtime converters tests benchmarks samples
+.venv/bin/ruff check edge_runtime converters tests benchmarks scripts
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest"

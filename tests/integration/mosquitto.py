@@ -380,3 +380,26 @@ def read_retained(
         if not sub.wait_until(lambda msgs: any(m.retain for m in msgs), timeout):
             return None
         return next(m for m in sub.messages() if m.retain).json()
+
+
+def publish_once(
+    broker: Mosquitto,
+    topic: str,
+    payload: bytes,
+    qos: int = 1,
+    retain: bool = False,
+    **credentials: str,
+) -> None:
+    """Connect, publish one message, wait for the broker to take it, disconnect."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
+    if credentials:
+        client.username_pw_set(credentials["username"], credentials.get("password"))
+    if broker.tls_files is not None:
+        client.tls_set(ca_certs=str(broker.tls_files.ca_file))
+    client.connect(broker.host, broker.port, keepalive=10)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
