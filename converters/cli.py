@@ -159,6 +159,34 @@ def keygen(directory: Path) -> None:
     click.echo(f"private key: {private}\npublic key:  {public}  (copy this one to the devices)")
 
 
+@cli.command("deploy")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--mqtt", "mqtt_url", required=True, help="mqtt://[user:pass@]host[:port]")
+@click.option("--mqtt-ca", type=click.Path(path_type=Path), help="CA certificate for mqtts://.")
+@click.option("--device", "devices", multiple=True, help="Device id; repeat for several.")
+@click.option("--group", "groups", multiple=True, help="Devices that joined this group.")
+@click.option("--sign-key", type=click.Path(path_type=Path), help="ed25519 private key.")
+@click.option("--pipeline", help="Pipeline to update on each device (default: its only one).")
+@click.option("--prefix", default="edge", show_default=True)
+@click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option("--chunk-size", type=click.IntRange(min=1024), default=256 * 1024,
+              show_default=True, help="Largest bundle piece per MQTT message (bytes).")
+def deploy_cmd(bundle: Path, mqtt_url: str, mqtt_ca: Path | None, devices: tuple[str, ...],
+               groups: tuple[str, ...], sign_key: Path | None, pipeline: str | None,
+               prefix: str, timeout: float, chunk_size: int) -> None:
+    """Pack, sign and push BUNDLE to devices; wait for each verdict."""
+    from .deploy import deploy, results_table
+
+    if not devices and not groups:
+        raise ConvertError("give at least one --device or --group")
+    results = deploy(bundle, url=mqtt_url, devices=devices, groups=groups, sign_key=sign_key,
+                     prefix=prefix, pipeline=pipeline, timeout=timeout, chunk_size=chunk_size,
+                     ca_file=mqtt_ca)
+    click.echo(results_table(results))
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="edge-convert", standalone_mode=False)

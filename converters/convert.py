@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from .verify import (
 
 Log = Callable[[str], None]
 RECOVERY_FRACTIONS = (0.1, 0.25)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass
@@ -116,9 +118,11 @@ def _read_label_file(path: Path | None) -> list[str] | None:
 
 
 def prepare(opts: ConvertOptions, labels: list[str] | None, work: Path, log: Log) -> Prepared:
-    if not opts.model.exists():
-        raise ConvertError(f"model {opts.model} does not exist")
+    check_model_file(opts.model)
     calib_all = load_dataset(opts.calibration, class_names=labels)
+    if calib_all.unreadable:
+        log(f"skipped {len(calib_all.unreadable)} unreadable calibration file(s), e.g. "
+            f"{calib_all.unreadable[0]}")
     class_names = labels or calib_all.class_names
     validation = (load_dataset(opts.validation, class_names=class_names)
                   if opts.validation else None)
@@ -146,6 +150,37 @@ def prepare(opts: ConvertOptions, labels: list[str] | None, work: Path, log: Log
     softmax = task == "classification" and not looks_like_probabilities(float_run.outputs)
     return Prepared(work, spec, task, class_names, chosen, calib_path, evaluation, basis,
                     float_run, float_model, info, softmax)
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a missing or obviously corrupt model before a TensorFlow process is started."""
+    if not path.exists():
+        raise ConvertError(f"model {path} does not exist")
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise ConvertError(f"model {path} is a directory but not a SavedModel "
+                               "(no saved_model.pb)")
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ConvertError(f"model {path} is not a valid .keras file (not a zip archive)")
+    if suffix in (".h5", ".hdf5") and not _is_hdf5(path):
+        raise ConvertError(f"model {path} is not a valid HDF5 file")
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise ConvertError(f"model {path}: expected a .keras or .h5 file or a SavedModel directory")
+
+
+def _is_hdf5(path: Path) -> bool:
+    # The signature sits at offset 0, or after a user block of 512 * 2**k bytes.
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        for offset in (0, *(512 << k for k in range(32))):
+            if offset + len(HDF5_SIGNATURE) > size:
+                break
+            fh.seek(offset)
+            if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+    return False
 
 
 def _input_spec(opts: ConvertOptions, float_model: Path) -> InputSpec:
@@ -187,8 +222,9 @@ def _check_data(opts: ConvertOptions, data: Dataset, spec: InputSpec,
 def _progress_batch(data: Dataset, spec: InputSpec, label: str) -> np.ndarray:
     import click
 
-    with click.progressbar(length=len(data), label=f"  {label:<22}", file=None,
-                           show_pos=True) as bar:
+    # stdout carries the summary table only
+    with click.progressbar(length=len(data), label=f"  {label:<22}",
+                           file=click.get_text_stream("stderr"), show_pos=True) as bar:
         out = preprocess_batch(data.items, spec)
         bar.update(len(data))
     return out

@@ -60,7 +60,8 @@ def load_dataset(path: Path, *, class_names: Sequence[str] | None = None) -> Dat
     else:
         raise ConvertError(f"data {path}: expected an image folder, an .npz or a video file")
     if not data.items:
-        raise ConvertError(f"data {path}: no readable samples")
+        unreadable = f" ({len(data.unreadable)} unreadable files)" if data.unreadable else ""
+        raise ConvertError(f"data {path}: no readable samples{unreadable}")
     return data
 
 
@@ -141,14 +142,20 @@ def _npz_labels(path: Path, y: np.ndarray, n: int, class_names: Sequence[str] | 
     y = y.reshape(-1)
     if len(y) != n:
         raise ConvertError(f"data {path}: 'y' has {len(y)} labels for {n} samples")
-    if y.dtype.kind in "US" and class_names:
+    if y.dtype.kind in "US":
+        if not class_names:
+            raise ConvertError(f"data {path}: 'y' holds label names; give --labels to map them "
+                               "to class indexes")
         lookup = {name: i for i, name in enumerate(class_names)}
         missing = sorted({str(v) for v in y if str(v) not in lookup})
         if missing:
             raise ConvertError(f"data {path}: labels {', '.join(missing[:5])} are not in labels.txt")
         return np.asarray([lookup[str(v)] for v in y], dtype=np.int64)
-    if y.dtype.kind not in "iub" and not np.all(np.mod(y, 1) == 0):
+    if y.dtype.kind not in "iubf" or not np.all(np.mod(y, 1) == 0):
         raise ConvertError(f"data {path}: 'y' must hold integer class indexes")
+    if class_names and len(y) and (y.min() < 0 or y.max() >= len(class_names)):
+        raise ConvertError(f"data {path}: 'y' holds class indexes {int(y.min())}..{int(y.max())} "
+                           f"but there are {len(class_names)} labels")
     return y.astype(np.int64)
 
 

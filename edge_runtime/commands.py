@@ -26,6 +26,7 @@ class CommandRefused(Exception):
 
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+NO_REPLY: dict[str, Any] = {"__no_reply__": True}  # a handler's way to say "not yet"
 
 
 @dataclass
@@ -63,6 +64,8 @@ class CommandDispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_drop_log = 0.0
+        self.unmetered: set[str] = set()
+        self.payload_limits: dict[str, int] = {}
 
     def register(self, verb: str, handler: Handler) -> None:
         self._handlers[verb] = handler
@@ -104,19 +107,22 @@ class CommandDispatcher:
                 log.exception("command %r failed unexpectedly", verb[:64])
 
     def handle(self, verb: str, payload: bytes) -> dict[str, Any]:
-        if not self._bucket.take():
+        if verb not in self.unmetered and not self._bucket.take():
             self.counters["rate_limited"] += 1
             return self._send(verb, {"ok": False, "error": "rate limited; try again later"})
         request_id: Any = None
         try:
-            args = self._parse(payload)
+            args = self._parse(payload, self.payload_limits.get(verb, self.max_payload_bytes))
             request_id = args.pop("id", None)
             handler = self._handlers.get(verb)
             if handler is None:
                 raise CommandRefused(f"unknown command {verb[:64]!r}; known: "
                                      f"{', '.join(self.verbs)}")
-            result = {"ok": True, **handler(args)}
+            outcome = handler(args)
             self.counters["handled"] += 1
+            if outcome is NO_REPLY:
+                return outcome
+            result = {"ok": True, **outcome}
         except CommandRefused as exc:
             self.counters["refused"] += 1
             log.info("command %s refused: %s", verb[:64], exc)
@@ -136,10 +142,9 @@ class CommandDispatcher:
             log.exception("could not send the reply to %s", verb[:64])
         return result
 
-    def _parse(self, payload: bytes) -> dict[str, Any]:
-        if len(payload) > self.max_payload_bytes:
-            raise CommandRefused(f"payload of {len(payload)} bytes is over the "
-                                 f"{self.max_payload_bytes}-byte limit")
+    def _parse(self, payload: bytes, limit: int) -> dict[str, Any]:
+        if len(payload) > limit:
+            raise CommandRefused(f"payload of {len(payload)} bytes is over the {limit}-byte limit")
         if not payload.strip():
             return {}
         try:

@@ -119,6 +119,7 @@ class CommandConfig(_Model):
     max_payload_bytes: int = Field(65536, ge=256, description="Larger commands are refused.")
     rate_per_s: float = Field(20.0, gt=0, description="Commands handled per second at most.")
     burst: int = Field(40, ge=1, description="Commands allowed in a burst.")
+    max_bundle_bytes: int = Field(64 * 2**20, ge=1024, description="Largest deployable bundle.")
     bundle_roots: list[Path] = Field(default_factory=list,
                                      description="Where reload may read bundles from.")
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .commands import CommandDispatcher, CommandRefused, expect, only_keys
+from .commands import NO_REPLY, CommandDispatcher, CommandRefused, expect, only_keys
+from .deploy import DeployAssembler
 from .model import LoadedModel, ModelError
 from .publish.payloads import encode
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 WARMUP_RUNS = 5
+DEPLOY_MESSAGE_LIMIT = 4 * 2**20
 
 
 class Control:
@@ -32,8 +35,12 @@ class Control:
                                             rate_per_s=cfg.rate_per_s, burst=cfg.burst)
         for verb, handler in (("pause", self.pause), ("resume", self.resume), ("set", self.set),
                               ("snapshot-metrics", self.snapshot_metrics),
-                              ("reload", self.reload), ("rollback", self.rollback)):
+                              ("reload", self.reload), ("rollback", self.rollback),
+                              ("deploy", self.deploy)):
             self.dispatcher.register(verb, handler)
+        self.dispatcher.unmetered.add("deploy")  # chunks; the assembler bounds them itself
+        self.dispatcher.payload_limits["deploy"] = DEPLOY_MESSAGE_LIMIT
+        self.assembler = DeployAssembler(daemon.config.commands.max_bundle_bytes)
 
     def _reply(self, verb: str, result: dict[str, Any]) -> None:
         self.daemon.link.publish(self.daemon.topics.reply(verb), encode(result), qos=1)
@@ -110,6 +117,25 @@ class Control:
                  previous.bundle.version)
         return {"pipeline": pipeline.name, "model": previous.bundle.model_info,
                 "previous": current.bundle.model_info}
+
+    def deploy(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One chunk of a pushed bundle; installs it once complete (see :mod:`.deploy`)."""
+        started = time.monotonic()
+        done = self.assembler.add(args)
+        if done is None:
+            return NO_REPLY
+        meta, archive = done
+        pipeline = self._one_target({"pipeline": meta["pipeline"]} if meta["pipeline"] else {})
+        incoming = self.daemon.state_dir / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        path = incoming / f"{meta['id']}.tar.gz"
+        path.write_bytes(archive)
+        try:
+            result = self.install(pipeline, path)
+        finally:
+            path.unlink(missing_ok=True)
+        result["seconds"] = round(time.monotonic() - started, 3)
+        return result
 
     # ----- reload machinery -------------------------------------------------------------------
 

@@ -192,6 +192,7 @@ class Daemon:
     def _status_extra(self) -> dict[str, Any]:
         return {
             "device": self.config.device_id, "version": __version__,
+            "groups": list(self.config.groups),
             "pipelines": {name: {"model": p.model.bundle.model_info, "paused": p.paused,
                                  "source": self.config_for(name).source}
                           for name, p in self.pipelines.items()},

@@ -11,6 +11,7 @@ the same way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -403,3 +404,69 @@ def publish_once(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+class TcpProxy:
+    """A loopback TCP relay that can swallow traffic and cut its connections: a network cut.
+
+    ``blackhole(True)`` keeps connections open but forwards nothing (sent messages stay in
+    flight, unacknowledged); ``cut()`` closes every open connection at once.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._swallow = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._server = socket.create_server((HOST, self.port))
+        self._closed = False
+
+    def start(self) -> TcpProxy:
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+        return self
+
+    def blackhole(self, on: bool) -> None:
+        if on:
+            self._swallow.set()
+        else:
+            self._swallow.clear()
+
+    def cut(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
+        self.cut()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if not self._swallow.is_set():
+                    sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mosquitto import Mosquitto, Received, Subscriber, free_port, publish_once, read_retained
+from mosquitto import (
+    Mosquitto,
+    Received,
+    Subscriber,
+    TcpProxy,
+    free_port,
+    publish_once,
+    read_retained,
+)
 
 from edge_runtime.publish import (
     CommandReply,
@@ -123,6 +131,30 @@ def test_broker_restart_mid_stream_loses_nothing(mosquitto: Mosquitto, tmp_path:
         wait_for_seqs(sub, topics, set(range(1, 401)))
         assert link.counters["reconnects"] >= 1
         assert wait_until(lambda: outbox.depth() == 0)
+
+
+def test_network_cut_resends_what_was_in_flight(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    topics = Topics("dev-cut")
+    proxy = TcpProxy(mosquitto.host, mosquitto.port).start()
+    settings = MqttSettings(host=mosquitto.host, port=proxy.port, **FAST)
+    try:
+        with (
+            Subscriber(mosquitto, topics.result(STREAM)) as sub,
+            Outbox(tmp_path / "o.db") as outbox,
+            running_link(settings, topics, outbox) as link,
+        ):
+            append(outbox, topics, link, 50)
+            wait_for_seqs(sub, topics, set(range(1, 51)))
+            proxy.blackhole(True)  # these 30 leave the device but never reach the broker
+            append(outbox, topics, link, 30)
+            assert wait_until(lambda: link.counters["published"] >= 80)
+            assert wait_until(lambda: outbox.depth() == 30)
+            proxy.cut()
+            proxy.blackhole(False)
+            wait_for_seqs(sub, topics, set(range(1, 81)))
+            assert wait_until(lambda: outbox.depth() == 0)
+    finally:
+        proxy.close()
 
 
 _DAEMON = """

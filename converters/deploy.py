@@ -1,0 +1,169 @@
+"""``edge-convert deploy``: pack, sign and push a bundle to devices over MQTT, then wait for each
+device's verdict and print a table (old → new version, result, time)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_runtime.bundle import load_bundle_dir
+from edge_runtime.packing import pack_bundle
+from edge_runtime.publish.settings import parse_mqtt_url
+
+from .errors import ConvertError
+
+DEFAULT_CHUNK = 256 * 1024
+
+
+@dataclass
+class DeviceResult:
+    device: str
+    ok: bool | None = None
+    error: str | None = None
+    old_version: str | None = None
+    new_version: str | None = None
+    seconds: float | None = None
+    reply: dict[str, Any] = field(default_factory=dict)
+
+
+def _connect(url: str, ca_file: Path | None) -> mqtt.Client:
+    settings = parse_mqtt_url(url, **({"ca_file": ca_file} if ca_file else {}))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-deploy-{uuid.uuid4().hex[:8]}")
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None)
+    try:
+        client.connect(settings.host, settings.port, 30)
+    except OSError as exc:
+        raise ConvertError(f"cannot reach the broker at {settings.address}: {exc}") from None
+    return client
+
+
+def group_members(client: mqtt.Client, prefix: str, group: str, wait_s: float = 1.5) -> list[str]:
+    """Devices whose retained status says they joined ``group`` (and are not offline)."""
+    found: dict[str, bool] = {}
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            status = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(status, dict) and group in (status.get("groups") or []):
+            found[msg.topic.split("/")[1]] = status.get("state") != "offline"
+
+    client.on_message = on_message
+    client.subscribe(f"{prefix}/+/status", qos=1)
+    time.sleep(wait_s)
+    client.unsubscribe(f"{prefix}/+/status")
+    return sorted(d for d, online in found.items() if online)
+
+
+def deploy(bundle: Path, *, url: str, devices: Sequence[str], groups: Sequence[str] = (),
+           sign_key: Path | None = None, prefix: str = "edge", pipeline: str | None = None,
+           timeout: float = 120.0, chunk_size: int = DEFAULT_CHUNK,
+           ca_file: Path | None = None) -> list[DeviceResult]:
+    archive_path = _archive(bundle, sign_key)
+    archive = archive_path.read_bytes()
+    manifest = load_bundle_dir(bundle).manifest if bundle.is_dir() else None
+    client = _connect(url, ca_file)
+    client.loop_start()
+    try:
+        targets = list(dict.fromkeys([*devices, *(d for g in groups
+                                                  for d in group_members(client, prefix, g))]))
+        if not targets:
+            raise ConvertError("no devices to deploy to (give --device, or --group with members "
+                               "online)")
+        return _push(client, archive, targets, prefix=prefix, pipeline=pipeline,
+                     timeout=timeout, chunk_size=chunk_size,
+                     name=manifest.name if manifest else bundle.name,
+                     version=manifest.version if manifest else "")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def _archive(bundle: Path, sign_key: Path | None) -> Path:
+    if bundle.is_dir():
+        load_bundle_dir(bundle)
+        return pack_bundle(bundle, sign_key=sign_key)
+    if bundle.name.endswith(".tar.gz") and bundle.is_file():
+        if sign_key is not None:
+            raise ConvertError("--sign-key needs a bundle directory (a packed bundle is signed "
+                               "when packed)")
+        return bundle
+    raise ConvertError(f"{bundle}: expected a bundle directory or a packed .tar.gz")
+
+
+def _push(client: mqtt.Client, archive: bytes, targets: list[str], *, prefix: str,
+          pipeline: str | None, timeout: float, chunk_size: int, name: str,
+          version: str) -> list[DeviceResult]:
+    results = {d: DeviceResult(d) for d in targets}
+    transfer = uuid.uuid4().hex[:16]
+    lock = threading.Lock()
+    finished = threading.Event()
+    started = time.monotonic()
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        device = msg.topic.split("/")[1]
+        try:
+            reply = json.loads(msg.payload)
+        except ValueError:
+            return
+        if device not in results or not isinstance(reply, dict) or reply.get("id") != transfer:
+            return
+        with lock:
+            r = results[device]
+            r.ok, r.error, r.reply = bool(reply.get("ok")), reply.get("error"), reply
+            r.seconds = round(time.monotonic() - started, 2)
+            r.new_version = (reply.get("model") or {}).get("version")
+            r.old_version = (reply.get("previous") or {}).get("version")
+            if all(x.ok is not None for x in results.values()):
+                finished.set()
+
+    client.on_message = on_message
+    for device in targets:
+        client.subscribe(f"{prefix}/{device}/cmd/deploy/reply", qos=1)
+    time.sleep(0.3)
+    sha = hashlib.sha256(archive).hexdigest()
+    pieces = [archive[i:i + chunk_size] for i in range(0, len(archive), chunk_size)] or [b""]
+    for device in targets:
+        for index, piece in enumerate(pieces):
+            message = {"id": transfer, "transfer": transfer, "name": name, "version": version, "sha256": sha,
+                       "size": len(archive), "chunk": index, "chunks": len(pieces),
+                       "data": base64.b64encode(piece).decode("ascii")}
+            if pipeline:
+                message["pipeline"] = pipeline
+            client.publish(f"{prefix}/{device}/cmd/deploy", json.dumps(message), qos=1)
+    finished.wait(timeout)
+    with lock:
+        for r in results.values():
+            if r.ok is None:
+                r.ok, r.error = False, f"no answer within {timeout:.0f} s"
+        return [results[d] for d in targets]
+
+
+def results_table(results: Sequence[DeviceResult]) -> str:
+    rows = [("device", "version", "result", "time")]
+    for r in results:
+        versions = f"{r.old_version or '?'} → {r.new_version or '?'}" if r.ok else "-"
+        rows.append((r.device, versions, "ok" if r.ok else f"FAILED: {r.error}",
+                     f"{r.seconds:.2f} s" if r.seconds is not None else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    ok = sum(1 for r in results if r.ok)
+    lines.append(f"{ok}/{len(results)} device(s) updated")
+    return "\n".join(lines)
