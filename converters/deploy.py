@@ -140,8 +140,8 @@ def _push(client: mqtt.Client, archive: bytes, targets: list[str], *, prefix: st
     pieces = [archive[i:i + chunk_size] for i in range(0, len(archive), chunk_size)] or [b""]
     for device in targets:
         for index, piece in enumerate(pieces):
-            message = {"id": transfer, "transfer": transfer, "name": name, "version": version, "sha256": sha,
-                       "size": len(archive), "chunk": index, "chunks": len(pieces),
+            message = {"id": transfer, "transfer": transfer, "name": name, "version": version,
+                       "sha256": sha, "size": len(archive), "chunk": index, "chunks": len(pieces),
                        "data": base64.b64encode(piece).decode("ascii")}
             if pipeline:
                 message["pipeline"] = pipeline

@@ -50,30 +50,34 @@ def _image_checks(data: Dataset, spec: InputSpec) -> list[str]:
             f"pixel values span [{lows.min():.3g}, {highs.max():.3g}]; calibration data must be "
             "raw pixels in [0, 255] — the converter applies (pixel - mean) / std itself")
         return problems
+    # Float frames within [0, 1] count in steps of 1/255: a dark uint8 frame is not "normalised".
+    unit_range = highs.max() <= 1.0 and all(np.asarray(x).dtype.kind == "f" for x in sample)
+    step = 1.0 / 255.0 if unit_range else 1.0
     std = np.asarray(spec.std, dtype=np.float64)
-    if highs.max() <= 1.0 and np.all(std > 1.5):
+    if unit_range and np.all(std > 1.5):
         problems.append(
             f"pixel values are all within [0, 1] but --input-std {_fmt(spec.std)} implies raw "
             "pixels in [0, 255]; the data looks already normalised (pass raw pixels, or set "
             "--input-mean 0 --input-std 1)")
     spreads = np.array([float(np.std(np.asarray(x, dtype=np.float32))) for x in sample])
-    flat = float(np.mean(spreads < FLAT_PIXEL_STD))
+    flat = float(np.mean(spreads < FLAT_PIXEL_STD * step))
     if flat > FLAT_FRACTION:
         problems.append(f"{flat:.0%} of the calibration frames are constant or nearly so "
-                        f"(pixel std < {FLAT_PIXEL_STD}); use frames that show real scenes")
-    elif _mostly_duplicates(sample):
+                        f"(pixel std < {FLAT_PIXEL_STD} on a 0-255 scale); use frames that show "
+                        "real scenes")
+    elif _mostly_duplicates(sample, step):
         problems.append("the calibration frames are nearly all the same image; use varied frames")
     return problems
 
 
-def _mostly_duplicates(sample: Sequence[np.ndarray]) -> bool:
+def _mostly_duplicates(sample: Sequence[np.ndarray], step: float) -> bool:
     if len(sample) < 4:
         return False
     first = np.asarray(sample[0], dtype=np.float32)
     same = 0
     for x in sample:
         xs = np.asarray(x, dtype=np.float32)
-        if xs.shape == first.shape and float(np.mean(np.abs(xs - first))) < 1.0:
+        if xs.shape == first.shape and float(np.mean(np.abs(xs - first))) < step:
             same += 1
     return same / len(sample) >= DUPLICATE_FRACTION
 

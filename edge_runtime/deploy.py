@@ -2,8 +2,9 @@
 
 Wire format (JSON, one message per chunk)::
 
-    {"id": "<reply id>", "transfer": "<transfer id>", "name": "digits", "version": "2", "sha256": "<of the archive>",
-     "size": 123456, "chunk": 0, "chunks": 3, "data": "<base64>", "pipeline": "default"}
+    {"id": "<reply id>", "transfer": "<transfer id>", "name": "digits", "version": "2",
+     "sha256": "<of the archive>", "size": 123456, "chunk": 0, "chunks": 3,
+     "data": "<base64>", "pipeline": "default"}
 
 Chunks are assembled in memory (bounded in size, count and age); once the last one arrives the
 archive's sha256 is checked, it is unpacked into the state dir (signature verified against the

@@ -143,6 +143,16 @@ def _scalar_or_list(values: tuple[float, ...]) -> float | list[float]:
     return values[0] if len(values) == 1 else list(values)
 
 
+def _check_color(color: str, channels: int) -> None:
+    # Caught here, once, rather than as an IndexError (or unwritten channels) on every frame.
+    if color not in ("RGB", "BGR", "GRAY"):
+        raise ValueError(f"unknown color {color!r}; expected RGB, BGR or GRAY")
+    expected = 1 if color == "GRAY" else 3
+    if channels != expected:
+        raise ValueError(f"color {color} needs {expected} input channel(s) but the model "
+                         f"input has {channels}")
+
+
 def _per_channel(values: tuple[float, ...], channels: int, what: str) -> np.ndarray:
     if len(values) == 1:
         return np.full(channels, values[0], dtype=np.float64)
@@ -162,6 +172,8 @@ class Preprocessor:
         self.spec = spec
         self.dtype = np.dtype(DTYPES.get(spec.dtype, np.float32))
         channels = spec.channels
+        if spec.is_image:
+            _check_color(spec.color, channels)
         self._mean = _per_channel(spec.mean, channels, "mean")
         self._std = _per_channel(spec.std, channels, "std")
         if np.any(self._std == 0):
