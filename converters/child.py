@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -21,6 +22,9 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+
+UNSUPPORTED_OPS = re.compile(r"^(?:TF Select|Custom) ops: (.+)$", re.MULTILINE)
 
 
 class JobError(Exception):
@@ -98,7 +102,17 @@ def convert(converter: Any) -> bytes:
     try:
         return bytes(converter.convert())
     except Exception as exc:
-        raise JobError(f"the model cannot be converted: {_one_line(exc)}") from None
+        raise JobError(f"the model cannot be converted: {_conversion_problem(exc)}") from None
+
+
+def _conversion_problem(exc: BaseException) -> str:
+    # The converter's message is pages of MLIR; its summary lines name the offending ops.
+    names = [n.strip() for line in UNSUPPORTED_OPS.findall(str(exc)) for n in line.split(",")]
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names:
+        return _one_line(exc)
+    shown = ", ".join(names[:8]) + (" …" if len(names) > 8 else "")
+    return f"TensorFlow op(s) {shown} have no TFLite builtin kernel; replace the layer(s) using them"
 
 
 def describe_keras(kind: str, model: Any) -> dict[str, Any]:

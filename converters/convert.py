@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 import zipfile
@@ -224,7 +225,7 @@ def _progress_batch(data: Dataset, spec: InputSpec, label: str) -> np.ndarray:
 
     # stdout carries the summary table only
     with click.progressbar(length=len(data), label=f"  {label:<22}",
-                           file=click.get_text_stream("stderr"), show_pos=True) as bar:
+                           file=sys.stderr, show_pos=True) as bar:
         out = preprocess_batch(data.items, spec)
         bar.update(len(data))
     return out

@@ -132,7 +132,12 @@ class Daemon:
     def _serve(self) -> bool:
         """Loop until asked to stop (False) or every pipeline's source has ended (True)."""
         next_metrics = time.monotonic() + self.config.metrics_interval_s
+        was_connected = False
         while not self._stop.wait(TICK_S):
+            connected = self.link.connected
+            if connected and not was_connected:
+                self._announce()
+            was_connected = connected
             if all(p.done.is_set() for p in self.pipelines.values()):
                 return True
             self._update_status()
@@ -156,6 +161,17 @@ class Daemon:
         self.outbox.close()
         for p in self.pipelines.values():
             p.model.close()
+
+    def _announce(self) -> None:
+        """Home Assistant discovery (opt-in), re-sent on every (re)connect; retained."""
+        ha = self.config.homeassistant
+        if not ha.enabled:
+            return
+        from .homeassistant import discovery_messages
+
+        for topic, payload in discovery_messages(self.topics, self.config.device_id,
+                                                 list(self.pipelines), __version__, ha.prefix):
+            self.link.publish(topic, payload, qos=1, retain=True)
 
     def _pet_watchdog(self) -> None:
         interval = self.notifier.watchdog_interval

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 ACK_BATCH = 64
 ACK_DELAY_S = 0.1
 IDLE_POLL_S = 1.0
+FAILURE_PAUSE_S = 1.0
 
 PublishItem = Callable[[OutboxItem], int | None]
 
@@ -48,6 +49,8 @@ class OutboxSender:
         self._cursor = 0
         self._pending_acks: list[int] = []
         self._pending_since = 0.0
+        self._refill_at = max(1, max_inflight // 4)
+        self._last_failure: str | None = None
         self.published = 0
         self.acked = 0
         self.rejected = 0
@@ -99,14 +102,35 @@ class OutboxSender:
                     self._cond.wait(self._wait_timeout())
                 self._signalled = False
                 stopping, up, generation = self._stopping, self._up, self._generation
-            self._settle(generation)
+            try:
+                self._step(stopping, up, generation)
+            except Exception as exc:
+                # The outbox stays the truth: log, pause, and try again rather than stop sending.
+                self._note_failure(exc)
+                if stopping:
+                    return
+                with self._cond:
+                    self._cond.wait(FAILURE_PAUSE_S)
+                continue
+            self._last_failure = None
             if stopping:
-                self._flush_acks()
                 return
-            if up:
-                self._fill_window()
-            if self._ack_flush_due() or not self._inflight:
-                self._flush_acks()
+
+    def _step(self, stopping: bool, up: bool, generation: int) -> None:
+        self._settle(generation)
+        if stopping:
+            self._flush_acks()
+            return
+        if up:
+            self._fill_window()
+        if self._ack_flush_due() or not self._inflight:
+            self._flush_acks()
+
+    def _note_failure(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._last_failure:
+            log.error("outbox sender failed (%s); retrying", text)
+        self._last_failure = text
 
     def _signal(self) -> None:
         self._signalled = True
@@ -150,7 +174,8 @@ class OutboxSender:
 
     def _fill_window(self) -> None:
         room = self._max_inflight - len(self._inflight)
-        if room <= 0:
+        # Refill in batches under load (one query per batch, not per ack); at once when idle.
+        if room <= 0 or (self._inflight and room < self._refill_at):
             return
         for item in self._outbox.peek(room, after_id=self._cursor):
             try:
