@@ -171,7 +171,8 @@ class Preprocessor:
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         self.dtype = np.dtype(DTYPES.get(spec.dtype, np.float32))
-        channels = spec.channels
+        # a sensor window (1, T, C) takes its mean/std per channel along the last axis
+        channels = spec.channels if spec.is_image else int(spec.shape[-1])
         if spec.is_image:
             _check_color(spec.color, channels)
         self._mean = _per_channel(spec.mean, channels, "mean")

@@ -165,7 +165,7 @@ class MqttLink:
 
         Returns the number of messages left in the outbox (they are sent on the next start).
         """
-        if self._sender_thread is None:
+        if self._sender_thread is None or self._stopping:
             return self._outbox.depth()
         self._drain(drain_timeout)
         self._sender.stop()

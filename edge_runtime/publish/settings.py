@@ -18,7 +18,12 @@ _QUERY_KEYS = ("client_id", "protocol", "keepalive", "qos")
 
 @dataclass(repr=False)
 class MqttSettings:
-    """Where the broker is and how to talk to it. ``repr`` never shows the password."""
+    """Where the broker is and how to talk to it. ``repr`` never shows the password.
+
+    ``qos`` is the QoS results are queued with (``Outbox.append(..., qos=settings.qos)``);
+    ``max_inflight`` bounds the outbox messages sent and not yet acknowledged; ``client_id``
+    defaults to ``edge-<device>``, stable so that the broker keeps the persistent session.
+    """
 
     host: str = "127.0.0.1"
     port: int = 1883
