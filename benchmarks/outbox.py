@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.publish import (
     FrameInfo,
@@ -62,7 +63,7 @@ class Arrivals:
         self.run = ""
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
         if settings.username:
             self.client.username_pw_set(settings.username, settings.password)
         if settings.tls:
@@ -151,7 +152,7 @@ def measure_latency(
 
 def direct_sender(settings: MqttSettings, topic: str) -> tuple[Callable[[ResultMessage], None],
                                                                 Callable[[], None]]:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-direct-{uuid.uuid4().hex[:6]}")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-direct-{uuid.uuid4().hex[:6]}")
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:

@@ -90,8 +90,9 @@ def deploy(bundle: Path, *, url: str, devices: Sequence[str], groups: Sequence[s
                      name=manifest.name if manifest else bundle.name,
                      version=manifest.version if manifest else "")
     finally:
-        client.loop_stop()
+        # DISCONNECT first, while the network loop runs: it goes out, and the loop ends at once.
         client.disconnect()
+        client.loop_stop()
 
 
 def _archive(bundle: Path, sign_key: Path | None) -> Path:
@@ -104,6 +105,24 @@ def _archive(bundle: Path, sign_key: Path | None) -> Path:
                                "when packed)")
         return bundle
     raise ConvertError(f"{bundle}: expected a bundle directory or a packed .tar.gz")
+
+
+def _subscribe(client: mqtt.Client, topics: list[str], timeout: float = 30.0) -> None:
+    """Subscribe and wait for the broker's SUBACK: a reply sent before it would be lost."""
+    acked: set[int] = set()
+    cond = threading.Condition()
+
+    def on_subscribe(_c: mqtt.Client, _u: Any, mid: int, _reasons: Any, _props: Any) -> None:
+        with cond:
+            acked.add(mid)
+            cond.notify_all()
+
+    client.on_subscribe = on_subscribe
+    _, mid = client.subscribe([(topic, 1) for topic in topics])
+    with cond:
+        if not cond.wait_for(lambda: mid in acked, timeout):
+            raise ConvertError(f"the broker did not confirm the subscription to device replies "
+                               f"within {timeout:.0f} s")
 
 
 def _push(client: mqtt.Client, archive: bytes, targets: list[str], *, prefix: str,
@@ -133,9 +152,7 @@ def _push(client: mqtt.Client, archive: bytes, targets: list[str], *, prefix: st
                 finished.set()
 
     client.on_message = on_message
-    for device in targets:
-        client.subscribe(f"{prefix}/{device}/cmd/deploy/reply", qos=1)
-    time.sleep(0.3)
+    _subscribe(client, [f"{prefix}/{device}/cmd/deploy/reply" for device in targets])
     sha = hashlib.sha256(archive).hexdigest()
     pieces = [archive[i:i + chunk_size] for i in range(0, len(archive), chunk_size)] or [b""]
     for device in targets:

@@ -151,6 +151,8 @@ class CommandDispatcher:
             data = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
             raise CommandRefused("payload is not valid JSON") from None
+        except RecursionError:
+            raise CommandRefused("payload is nested too deeply") from None
         if not isinstance(data, dict):
             raise CommandRefused(f"payload must be a JSON object, got {type(data).__name__}")
         return data

@@ -7,8 +7,11 @@ profile's budget), then swaps it in between two frames. The old model stays for 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +116,7 @@ class Control:
             raise CommandRefused("no previous model to roll back to")
         current = pipeline.swap_model(previous)
         pipeline.previous = current
+        self.daemon.refresh_status()
         log.info("pipeline %s rolled back to %s v%s", pipeline.name, previous.bundle.name,
                  previous.bundle.version)
         return {"pipeline": pipeline.name, "model": previous.bundle.model_info,
@@ -128,14 +132,41 @@ class Control:
         pipeline = self._one_target({"pipeline": meta["pipeline"]} if meta["pipeline"] else {})
         incoming = self.daemon.state_dir / "incoming"
         incoming.mkdir(parents=True, exist_ok=True)
-        path = incoming / f"{meta['id']}.tar.gz"
-        path.write_bytes(archive)
+        # Staged apart: a refused bundle must never replace the one on disk that a restart loads.
+        staging = Path(tempfile.mkdtemp(prefix=f"{meta['id']}-", dir=incoming))
         try:
-            result = self.install(pipeline, path)
+            bundle = self._unpack(archive, staging)
+            result = self.install(pipeline, bundle)
+            self._keep(bundle)
         finally:
-            path.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
         result["seconds"] = round(time.monotonic() - started, 3)
         return result
+
+    def _unpack(self, archive: bytes, staging: Path) -> Path:
+        from .packing import PackError, unpack_bundle
+        from .signing import SignatureError
+
+        try:
+            return unpack_bundle(archive, staging, trusted_keys=self.daemon.config.trusted_keys)
+        except (PackError, SignatureError) as exc:
+            raise CommandRefused(str(exc)) from None
+
+    def _keep(self, staged: Path) -> None:
+        """Move a bundle now serving into the state dir's bundles, replacing an older copy."""
+        final = self.daemon.state_dir / "bundles" / staged.name
+        parked = staged.with_name(f"{staged.name}.previous")  # inside staging: removed with it
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                os.rename(final, parked)
+            os.rename(staged, final)
+        except OSError as exc:
+            if parked.exists() and not final.exists():
+                with contextlib.suppress(OSError):
+                    os.rename(parked, final)
+            log.warning("bundle %s serves but could not be kept in %s: %s", staged.name,
+                        final.parent, exc.strerror or exc)
 
     # ----- reload machinery -------------------------------------------------------------------
 
@@ -171,6 +202,7 @@ class Control:
             candidate.close()
             raise
         old = pipeline.swap_model(candidate)
+        self.daemon.refresh_status()
         log.info("pipeline %s now serves %s v%s (was v%s)", pipeline.name, candidate.bundle.name,
                  candidate.bundle.version, old.bundle.version)
         return {"pipeline": pipeline.name, "model": candidate.bundle.model_info,

@@ -126,7 +126,12 @@ class Daemon:
         log.info("serving %s as %s on %s", ", ".join(self.pipelines), self.config.device_id,
                  self.link.settings.address)
         finished = self._serve()
+        failed = self._failed_pipelines() if finished else []  # before stopping ends the sources
         self.shutdown(drain_s=FINISH_DRAIN_S if finished else self.config.drain_timeout_s)
+        if failed:
+            # Non-zero so that a supervisor (systemd Restart=on-failure) starts the daemon again.
+            log.error("exiting: pipeline(s) %s stopped on an error", ", ".join(failed))
+            return 1
         return 0
 
     def _serve(self) -> bool:
@@ -154,13 +159,20 @@ class Daemon:
         for p in self.pipelines.values():
             p.join(timeout=10)
         self.control.dispatcher.stop()
+        deadline = time.monotonic() + drain_s
+        self._await_broker(deadline)
         self.publish_metrics()
-        left = self.link.stop(drain_timeout=drain_s)
+        left = self.link.stop(drain_timeout=max(0.0, deadline - time.monotonic()))
         if left:
             log.warning("%d result(s) not yet acknowledged stay in the outbox for next time", left)
         self.outbox.close()
         for p in self.pipelines.values():
             p.model.close()
+
+    def _await_broker(self, deadline: float) -> None:
+        """Results are still owed: a broker that is away may come back within the drain time."""
+        while not self.link.connected and self.outbox.depth() and time.monotonic() < deadline:
+            time.sleep(TICK_S)
 
     def _announce(self) -> None:
         """Home Assistant discovery (opt-in), re-sent on every (re)connect; retained."""
@@ -172,6 +184,12 @@ class Daemon:
         for topic, payload in discovery_messages(self.topics, self.config.device_id,
                                                  list(self.pipelines), __version__, ha.prefix):
             self.link.publish(topic, payload, qos=1, retain=True)
+
+    def _failed_pipelines(self) -> list[str]:
+        """Pipelines that ended although their source had not and no frame limit was reached."""
+        return [p.name for p in self.pipelines.values()
+                if not p.capture.finished
+                and (p.config.max_frames is None or p.results < p.config.max_frames)]
 
     def _pet_watchdog(self) -> None:
         interval = self.notifier.watchdog_interval
@@ -196,6 +214,10 @@ class Daemon:
         if self.outbox.dropped:
             reasons.append(f"outbox full: {self.outbox.dropped} oldest result(s) dropped")
         return reasons
+
+    def refresh_status(self) -> None:
+        """Re-publish the retained status now: it names the model each pipeline serves."""
+        self._update_status(force=True)
 
     def _update_status(self, force: bool = False) -> None:
         reasons = self._degraded_reasons()

@@ -180,6 +180,9 @@ class Preprocessor:
         if np.any(self._std == 0):
             raise ValueError("std must not be zero")
         self._lut = self._build_lut() if spec.is_image else None
+        # The same table laid out for cv2.LUT: (1, 256, channels).
+        self._cv_lut = None if self._lut is None else \
+            np.ascontiguousarray(self._lut.T).reshape(1, 256, channels)
         self.last_letterbox: Letterbox | None = None
 
     def _build_lut(self) -> np.ndarray:
@@ -203,13 +206,9 @@ class Preprocessor:
         if out is None:
             out = np.empty(self.spec.shape, dtype=self.dtype)
         target = out.reshape(self.spec.height, self.spec.width, self.spec.channels)
-        assert self._lut is not None
+        assert self._cv_lut is not None
         if image.dtype == np.uint8:
-            if image.ndim == 2:
-                np.take(self._lut[0], image, out=target[..., 0])
-            else:
-                for c in range(image.shape[2]):
-                    target[..., c] = self._lut[c][image[..., c]]
+            _look_up(image, self._cv_lut, target)
         else:
             img = image.astype(np.float64)
             if img.ndim == 2:
@@ -257,6 +256,16 @@ class Preprocessor:
             return values
         out[...] = values
         return out
+
+
+def _look_up(image: np.ndarray, lut: np.ndarray, target: np.ndarray) -> None:
+    """``target[..., c] = lut[0, image[..., c], c]``; cv2.LUT is several times faster than NumPy
+    fancy indexing here, and this runs on every frame."""
+    plane = target[..., 0] if image.ndim == 2 else target
+    table = lut[..., 0] if image.ndim == 2 else lut
+    written = cv2.LUT(image, table, dst=plane)
+    if written is not plane:  # OpenCV allocated its own output (a layout it cannot write into)
+        plane[...] = written
 
 
 def letterbox(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, Letterbox]:

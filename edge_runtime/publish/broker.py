@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +36,16 @@ def broker_config(host: str = "127.0.0.1", port: int = 1883) -> dict[str, Any]:
 
 
 def run_embedded_broker(host: str = "127.0.0.1", port: int = 1883) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM turned into KeyboardInterrupt)."""
+    """Serve until Ctrl-C or SIGTERM, then shut down cleanly. Raises BrokerError if it cannot."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(host, port, asyncio.Event, on_started=None))
+        asyncio.run(_serve(host, port, asyncio.Event, on_started=_stop_on_signals))
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Only possible on the main thread of a Unix process; elsewhere Ctrl-C still works.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
 
 
 async def _serve(

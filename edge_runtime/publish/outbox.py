@@ -91,7 +91,8 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = _open(self.path, mode)
         self._depth, self._bytes = self._count()
-        self._last_seq = dict(self._db.execute("SELECT stream, last_seq FROM streams").fetchall())
+        rows = self._db.execute("SELECT stream, last_seq FROM streams").fetchall()
+        self._last_seq: dict[str, int] = {str(stream): int(seq) for stream, seq in rows}
 
     def append(
         self,

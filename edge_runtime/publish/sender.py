@@ -5,7 +5,7 @@ sending restarts from the oldest message not yet acknowledged, so whatever was i
 connection died is sent again (a duplicate at worst, never a loss).
 
 Thread model: ``run`` is the sender thread and the only one touching the window. The MQTT thread
-reports through ``connection_up``, ``connection_down`` and ``acked``, which only queue a note and
+reports through ``connection_up``, ``connection_down`` and ``acked_mid``, which only note it and
 wake the sender, so no lock is ever held while calling into paho.
 """
 

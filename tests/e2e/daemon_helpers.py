@@ -1,7 +1,7 @@
 """Helpers for end-to-end tests of the daemon: the real ``edge-runtime`` CLI in a subprocess,
 a real Mosquitto on a free loopback port, and what reached it.
 
-Test modules load the fixtures with ``pytest_plugins = ("daemon_helpers",)``.
+Test modules take the fixtures by name: ``broker = daemon_helpers.broker``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from mosquitto import (  # noqa: E402
     Mosquitto,
     Received,
     Subscriber,
+    TcpProxy,
     free_port,
     make_tls_files,
     mosquitto_available,
@@ -39,7 +40,7 @@ from mosquitto import (  # noqa: E402
 )
 
 __all__ = [
-    "Commander", "DaemonProcess", "Mosquitto", "Received", "Subscriber", "copy_bundle",
+    "Commander", "DaemonProcess", "Mosquitto", "Received", "Subscriber", "TcpProxy", "copy_bundle",
     "free_port", "make_tls_files", "outbox_depth", "read_retained", "result_topic", "results",
     "run_cli", "seqs", "wait_for", "wait_for_seqs",
 ]
@@ -257,13 +258,15 @@ class Commander:
     def replies(self, verb: str) -> list[dict[str, Any]]:
         return [m.json() for m in self.sub.messages(f"{self.topic(verb)}/reply")]
 
-    def reply_for(self, request_id: str, timeout: float) -> dict[str, Any] | None:
+    def reply_for(self, request_id: object, timeout: float) -> dict[str, Any] | None:
         def arrived(msgs: list[Received]) -> bool:
             return any(_id_of(m) == request_id for m in msgs)
 
         if not self.sub.wait_until(arrived, timeout):
             return None
-        return next(m.json() for m in self.sub.messages() if _id_of(m) == request_id)
+        reply: dict[str, Any] = next(m.json() for m in self.sub.messages()
+                                     if _id_of(m) == request_id)
+        return reply
 
     def request(self, verb: str, body: dict[str, Any] | None = None,
                 timeout: float = 15) -> dict[str, Any]:

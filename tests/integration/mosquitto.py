@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.publish.settings import MqttSettings, parse_mqtt_url
 
@@ -275,13 +276,15 @@ class Received:
 class Subscriber:
     """A paho client that collects every message on ``topics``, thread-safely.
 
+    ``broker`` is a :class:`Mosquitto` or anything with ``host`` and ``port`` (an embedded broker).
+
     By default it keeps a persistent session (clean_session False, QoS 1), so messages published
     while it or the broker was away reach it once both are back.
     """
 
     def __init__(
         self,
-        broker: Mosquitto,
+        broker: Mosquitto | Any,
         topics: str | Iterable[str],
         client_id: str | None = None,
         clean_session: bool = False,
@@ -296,15 +299,16 @@ class Subscriber:
         self._subscribed = threading.Event()
         self._broker = broker
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"test-sub-{uuid.uuid4().hex[:8]}",
             clean_session=clean_session,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         if username is not None:
             self.client.username_pw_set(username, password)
-        if broker.tls_files is not None:
-            self.client.tls_set(ca_certs=str(broker.tls_files.ca_file))
+        tls_files = getattr(broker, "tls_files", None)
+        if tls_files is not None:
+            self.client.tls_set(ca_certs=str(tls_files.ca_file))
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -313,7 +317,8 @@ class Subscriber:
         self.client.connect(self._broker.host, self._broker.port, keepalive=10)
         self.client.loop_start()
         if not self._subscribed.wait(timeout):
-            raise RuntimeError(f"subscriber could not subscribe:\n{self._broker.log_tail()}")
+            log_tail = getattr(self._broker, "log_tail", lambda: "")
+            raise RuntimeError(f"subscriber could not subscribe:\n{log_tail()}")
         return self
 
     def stop(self) -> None:
@@ -373,10 +378,14 @@ class Subscriber:
 
 
 def read_retained(
-    broker: Mosquitto, topic: str, timeout: float = 2.0, **credentials: str
+    broker: Mosquitto,
+    topic: str,
+    timeout: float = 2.0,
+    username: str | None = None,
+    password: str | None = None,
 ) -> Any | None:
     """The retained message on ``topic`` as decoded JSON, or None if there is none."""
-    sub = Subscriber(broker, topic, clean_session=True, **credentials)
+    sub = Subscriber(broker, topic, clean_session=True, username=username, password=password)
     with sub:
         if not sub.wait_until(lambda msgs: any(m.retain for m in msgs), timeout):
             return None
@@ -389,12 +398,13 @@ def publish_once(
     payload: bytes,
     qos: int = 1,
     retain: bool = False,
-    **credentials: str,
+    username: str | None = None,
+    password: str | None = None,
 ) -> None:
     """Connect, publish one message, wait for the broker to take it, disconnect."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
-    if credentials:
-        client.username_pw_set(credentials["username"], credentials.get("password"))
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
+    if username is not None:
+        client.username_pw_set(username, password)
     if broker.tls_files is not None:
         client.tls_set(ca_certs=str(broker.tls_files.ca_file))
     client.connect(broker.host, broker.port, keepalive=10)

@@ -37,7 +37,7 @@ from edge_runtime.publish import (
 
 pytestmark = pytest.mark.mosquitto
 
-FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
+FAST: dict[str, Any] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3}
 STREAM = "default"
 
 
@@ -317,9 +317,8 @@ def test_tls_with_ca_and_password_file_delivers(
     secret.write_text("tls-secret\n")
     settings = broker.settings(username="edge", password_file=secret, **FAST)
     assert settings.tls and settings.ca_file is not None
-    credentials = {"username": "edge", "password": "tls-secret"}
     with (
-        Subscriber(broker, topics.result(STREAM), **credentials) as sub,
+        Subscriber(broker, topics.result(STREAM), username="edge", password="tls-secret") as sub,
         Outbox(tmp_path / "o.db") as outbox,
         running_link(settings, topics, outbox) as link,
     ):
@@ -401,3 +400,21 @@ def test_unreachable_broker_never_raises(tmp_path: Path) -> None:
         assert link.counters["direct_dropped"] == 1
         append(outbox, topics, link, 3)
         assert link.stop() == 3
+
+
+def test_embedded_broker_carries_results_and_reports_a_busy_port(tmp_path: Path) -> None:
+    pytest.importorskip("amqtt")
+    from edge_runtime.publish.broker import BrokerError, EmbeddedBroker
+
+    topics = Topics("dev-demo")
+    with (
+        EmbeddedBroker(port=free_port()) as broker,
+        Subscriber(broker, topics.result(STREAM)) as sub,
+        Outbox(tmp_path / "o.db") as outbox,
+        running_link(MqttSettings(port=broker.port, **FAST), topics, outbox) as link,
+    ):
+        append(outbox, topics, link, 20)
+        assert sub.wait_for(20, 10)
+        assert seqs_seen(sub, topics) == list(range(1, 21))
+        with pytest.raises(BrokerError, match="address already in use"):
+            EmbeddedBroker(port=broker.port).start()
