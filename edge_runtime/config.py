@@ -9,12 +9,21 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .yamlconfig import ConfigError, load_yaml_model
+from .yamlconfig import ConfigError, describe_errors, parse_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -102,6 +111,13 @@ class PipelineConfig(_Model):
     window: WindowConfig | None = None
     model: ModelHints = Field(default_factory=ModelHints)  # type: ignore[arg-type]
 
+    _base_dir: Path | None = PrivateAttr(None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder a relative ``source`` path is read from: the config file's own."""
+        return self._base_dir
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -166,13 +182,32 @@ def _default_device_id() -> str:
     return host or "edge-device"
 
 
-def load_config(path: Path) -> DaemonConfig:
-    config = load_yaml_model(path, DaemonConfig)
+def load_config(path: Path, overlay: Callable[[dict[str, Any]], None] | None = None) -> DaemonConfig:
+    """The config in ``path``; relative paths in it are read from the file's folder.
+
+    ``overlay`` may change the parsed mapping before it is validated (``run``'s flags do). Raises
+    ConfigError naming the key and its line.
+    """
+    root, data = parse_yaml(path)
+    if overlay is not None:
+        overlay(data)
+    try:
+        config = DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(str(path), root, exc, DaemonConfig)) from None
     base = path.resolve().parent
+    config.trusted_keys = [_anchored(key, base) for key in config.trusted_keys]
     for pipeline in config.pipelines:
-        if not pipeline.bundle.is_absolute():
-            pipeline.bundle = base / pipeline.bundle
+        pipeline.bundle = _anchored(pipeline.bundle, base)
+        if pipeline.model.labels is not None:
+            pipeline.model.labels = _anchored(pipeline.model.labels, base)
+        pipeline._base_dir = base
     return config
+
+
+def _anchored(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else base / path
 
 
 __all__ = ["ConfigError", "DaemonConfig", "PipelineConfig", "load_config"]

@@ -224,6 +224,6 @@ class Control:
             raise CommandRefused(f"health check failed: the model does not run ({exc})") from None
         budget = (candidate.bundle.profile.get("budgets") or {}).get("max_latency_ms")
         if isinstance(budget, int | float) and budget > 0 and latency > budget:
-            raise CommandRefused(f"health check failed: {latency:.1f} ms per frame is over the "
+            raise CommandRefused(f"health check failed: {latency:.3g} ms per frame is over the "
                                  f"profile's {budget} ms budget")
         return latency

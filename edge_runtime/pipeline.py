@@ -8,6 +8,7 @@ swap (``reload``, ``rollback``) replaces the :class:`LoadedModel` between two fr
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from .sources.capture import Capture
 
 log = logging.getLogger(__name__)
 GET_TIMEOUT_S = 0.25
+STORE_RETRY_S = 0.5   # pause after a failed outbox write, so a full disk is not spun on
 
 StateCallback = Callable[[str, str, str], None]   # (pipeline, state, reason)
 
@@ -54,6 +56,7 @@ class Pipeline:
         self.last_beat = time.monotonic()
         self.source_state = "ok"
         self.source_reason = ""
+        self._store_failing = False
         self._thread: threading.Thread | None = None
         self.capture = Capture(open_source(config.source, self._source_options(model)),
                                on_state=self._source_state)
@@ -156,7 +159,8 @@ class Pipeline:
             timing_ms=Timing(t.preprocess, t.inference, t.postprocess,
                              t.preprocess + t.inference + t.postprocess),
         )
-        self._outbox.append(self.name, self.topic, message.build, qos=self.config.publish.qos)
+        if not self._store(message):
+            return False
         self._wake()
         self.results += 1
         done = time.perf_counter()
@@ -167,6 +171,26 @@ class Pipeline:
         self.metrics.record_ms("total", max(0.0, (time.time() - frame.captured_at) * 1e3))
         if frame.label is not None:
             self._score(frame.label, outcome.top_label)
+        return True
+
+    def _store(self, message: ResultMessage) -> bool:
+        """Put the result in the outbox. When the disk refuses (full, I/O error, locked) the
+        result is skipped and counted, status says why, and the pipeline keeps serving."""
+        try:
+            self._outbox.append(self.name, self.topic, message.build, qos=self.config.publish.qos)
+        except sqlite3.Error as exc:
+            self.metrics.counters.inc("unstored")
+            if not self._store_failing:
+                self._store_failing = True
+                log.error("pipeline %s: results cannot be stored, skipping them: outbox: %s",
+                          self.name, exc)
+                self._state("degraded", f"results cannot be stored: outbox: {exc}")
+            self._stop.wait(STORE_RETRY_S)
+            return False
+        if self._store_failing:
+            self._store_failing = False
+            log.info("pipeline %s: results are stored again", self.name)
+            self._state(self.source_state, self.source_reason)
         return True
 
     def _score(self, truth: str, predicted: str | None) -> None:
@@ -182,7 +206,7 @@ class Pipeline:
         if not model.spec.is_image:
             window = _window_for(c, model)
         return SourceOptions(fps=c.fps, loop=c.loop, width=c.width, height=c.height,
-                             window=window)
+                             window=window, base_dir=c.base_dir)
 
     def _source_state(self, state: str, reason: str) -> None:
         self.source_state, self.source_reason = state, reason

@@ -16,13 +16,38 @@ HINT_FLAGS = ("labels", "task", "input_mean", "input_std", "color")
 
 
 def build_config(config_path: Path | None, flags: dict[str, Any]) -> DaemonConfig:
-    data = load_config(config_path).model_dump(exclude_unset=True) if config_path else {}
-    _apply_device_flags(data, flags)
-    _apply_pipeline_flags(data, flags, from_file=config_path is not None)
+    """The config from ``config_path`` with the flags laid over it, or from the flags alone."""
+    if config_path is not None:
+        flags = _absolute_paths(flags)
+
+    def overlay(data: dict[str, Any]) -> None:
+        _apply_device_flags(data, flags)
+        _apply_pipeline_flags(data, flags, from_file=config_path is not None)
+
+    if config_path is not None:
+        return load_config(config_path, overlay)
+    data: dict[str, Any] = {}
+    overlay(data)
     try:
         return DaemonConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_errors("options", None, exc, DaemonConfig)) from None
+
+
+def _absolute_paths(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags' paths are relative to the working directory, the file's to the file's folder."""
+    flags = dict(flags)
+    for key in ("bundle", "labels", "mqtt_ca"):
+        if _given(flags, key):
+            flags[key] = str(Path(flags[key]).expanduser().absolute())
+    if _given(flags, "trusted_keys"):
+        flags["trusted_keys"] = [str(Path(k).expanduser().absolute()) for k in flags["trusted_keys"]]
+    source = flags.get("source")
+    if isinstance(source, str) and source and "://" not in source:
+        path = Path(source).expanduser()
+        if not path.is_absolute() and path.exists():
+            flags["source"] = str(path.absolute())
+    return flags
 
 
 def _given(flags: dict[str, Any], key: str) -> bool:
@@ -46,7 +71,8 @@ def _apply_device_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:
 
 def _apply_pipeline_flags(data: dict[str, Any], flags: dict[str, Any], *, from_file: bool,
                           ) -> None:
-    pipelines: list[dict[str, Any]] = list(data.get("pipelines") or [])
+    given = data.get("pipelines")
+    pipelines: list[dict[str, Any]] = list(given) if isinstance(given, list) else []
     wanted = [k for k in (*PIPELINE_FLAGS, *HINT_FLAGS) if _given(flags, k)]
     name = flags.get("pipeline_name")
     target = next((p for p in pipelines if p.get("name", "default") == (name or "default")),
@@ -89,14 +115,14 @@ def _number_list(text: str) -> float | list[float]:
 def check_config_file(path: Path) -> list[str]:
     """Validate ``path`` fully (schema, sources, bundles) without loading models."""
     from .model import resolve_bundle
-    from .sources import SourceError, open_source
+    from .sources import SourceError, SourceOptions, open_source
 
     config = load_config(path)
     problems: list[str] = []
     for i, p in enumerate(config.pipelines):
         where = f"{path}: pipelines[{i}] ({p.name})"
         try:
-            open_source(p.source)
+            open_source(p.source, SourceOptions(base_dir=p.base_dir))
         except (SourceError, ValueError) as exc:
             problems.append(f"{where}: source: {exc}")
         if not p.bundle.exists():

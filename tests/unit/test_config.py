@@ -263,3 +263,40 @@ def test_check_config_names_a_missing_bundle_and_source(tmp_path: Path) -> None:
         check_config_file(path)
     message = str(info.value)
     assert "gone.tflite does not exist" in message and "nowhere" in message
+
+
+def test_flags_complete_a_file_that_has_no_pipelines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     ) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    path = write(conf, "device_id: pi-9\nmqtt:\n  url: mqtt://broker.local:1884\n")
+    work = tmp_path / "work"
+    (work / "frames").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    config = build_config(path, flags(bundle=Path("m.tflite"), source="frames"))
+    (pipeline,) = config.pipelines
+    assert config.device_id == "pi-9" and config.mqtt.url == "mqtt://broker.local:1884"
+    # Flags' relative paths are read from the working directory, not from the config's folder.
+    assert pipeline.bundle == work / "m.tflite"
+    assert pipeline.source == str(work / "frames")
+
+
+def test_a_file_without_pipelines_or_flags_names_the_missing_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pipelines"):
+        build_config(write(tmp_path, "device_id: pi-9\n"), flags())
+
+
+def test_a_relative_source_and_labels_are_read_beside_the_config(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  ) -> None:
+    images, model = real_sources(tmp_path)
+    path = write(tmp_path, "pipelines:\n  - bundle: model.tflite\n    source: images\n"
+                           "    model:\n      labels: labels.txt\ntrusted_keys: [keys/a.pub]\n")
+    monkeypatch.chdir(Path("/"))
+    config = load_config(path)
+    (pipeline,) = config.pipelines
+    assert pipeline.bundle == model and pipeline.base_dir == tmp_path.resolve()
+    assert pipeline.model.labels == tmp_path.resolve() / "labels.txt"
+    assert config.trusted_keys == [tmp_path.resolve() / "keys" / "a.pub"]
+    (line,) = check_config_file(path)
+    assert "ok" in line
