@@ -109,6 +109,8 @@ class Letterbox:
     pad_y: float
     src_width: int
     src_height: int
+    input_width: int = 0   # the model input the boxes are normalised to (0: derive it)
+    input_height: int = 0
 
     def to_source(self, box: np.ndarray) -> np.ndarray:
         """Map boxes ``[..., (x0, y0, x1, y1)]`` normalised to the model input → source [0, 1]."""
@@ -118,7 +120,9 @@ class Letterbox:
 def letterbox_to_source(box: np.ndarray, lb: Letterbox, input_size: tuple[int, int] | None = None,
                         ) -> np.ndarray:
     """Undo a letterbox for boxes normalised to the model input (x0, y0, x1, y1)."""
-    if input_size is None:
+    if input_size is None and lb.input_width and lb.input_height:
+        in_w, in_h = float(lb.input_width), float(lb.input_height)
+    elif input_size is None:
         in_w = lb.src_width * lb.scale_x + 2 * lb.pad_x
         in_h = lb.src_height * lb.scale_y + 2 * lb.pad_y
     else:
@@ -235,7 +239,7 @@ class Preprocessor:
             image, lb = letterbox(image, tw, th)
             self.last_letterbox = lb
             return image
-        self.last_letterbox = Letterbox(tw / w, th / h, 0.0, 0.0, w, h)
+        self.last_letterbox = Letterbox(tw / w, th / h, 0.0, 0.0, w, h, tw, th)
         if (h, w) == (th, tw):
             return image
         return cv2.resize(image, (tw, th), interpolation=cv2.INTER_LINEAR)
@@ -278,7 +282,7 @@ def letterbox(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, L
     canvas_shape = (height, width, *image.shape[2:])
     canvas = np.full(canvas_shape, LETTERBOX_PAD, dtype=image.dtype)
     canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
-    return canvas, Letterbox(new_w / w, new_h / h, float(pad_x), float(pad_y), w, h)
+    return canvas, Letterbox(new_w / w, new_h / h, float(pad_x), float(pad_y), w, h, width, height)
 
 
 def convert_color(image: np.ndarray, color: str) -> np.ndarray:

@@ -289,7 +289,7 @@ def test_a_file_without_pipelines_or_flags_names_the_missing_key(tmp_path: Path)
 def test_a_relative_source_and_labels_are_read_beside_the_config(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   ) -> None:
-    images, model = real_sources(tmp_path)
+    _images, model = real_sources(tmp_path)
     path = write(tmp_path, "pipelines:\n  - bundle: model.tflite\n    source: images\n"
                            "    model:\n      labels: labels.txt\ntrusted_keys: [keys/a.pub]\n")
     monkeypatch.chdir(Path("/"))

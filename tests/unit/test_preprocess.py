@@ -182,6 +182,16 @@ def test_letterbox_boxes_map_back_to_the_source_frame() -> None:
     np.testing.assert_allclose(clipped[0], [0, 0, 1, 1])
 
 
+def test_letterbox_with_odd_padding_maps_back_without_the_size_given() -> None:
+    _, lb = letterbox(np.zeros((301, 500, 3), np.uint8), 320, 320)
+    assert (320 - round(301 * lb.scale_y)) % 2 == 1  # one more row of padding below than above
+    source_box = np.array([0.1, 0.2, 0.6, 0.9])
+    x = (source_box[[0, 2]] * 500 * lb.scale_x + lb.pad_x) / 320
+    y = (source_box[[1, 3]] * 301 * lb.scale_y + lb.pad_y) / 320
+    on_input = np.array([[x[0], y[0], x[1], y[1]]])
+    np.testing.assert_allclose(lb.to_source(on_input)[0], source_box, atol=1e-6)
+
+
 # --- sensor windows -----------------------------------------------------------------------------
 
 
