@@ -54,14 +54,15 @@ def write_bundle(parts: BundleParts, out: Path, log: Any = print) -> tuple[Path,
         manifest = build_manifest(parts, tmp / "model.tflite", extra)
         write_manifest(tmp, manifest)
         write_reports(tmp, manifest, parts)
-        _replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, manifest
 
 
-def _replace(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put ``tmp`` at ``final``, replacing what was there with two renames."""
     if final.exists():
         trash = final.with_name(f".{final.name}.old")
         shutil.rmtree(trash, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ from edge_runtime.bundle import TASKS, read_labels
 from edge_runtime.preprocess import InputSpec, preprocess_batch
 
 from . import __version__
-from .bundle_writer import BundleParts, write_bundle
+from .bundle_writer import BundleParts, replace_dir, write_bundle
 from .data import Dataset, load_dataset, split_holdout, stratified_sample
 from .errors import ConvertError
 from .hygiene import check_calibration
@@ -102,7 +103,30 @@ def convert(opts: ConvertOptions, log: Log = print) -> list[ProfileResult]:
     name = opts.name or opts.model.stem or "model"
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
         prep = prepare(opts, labels, Path(tmp), log)
-        return [convert_profile(opts, prep, profile, name, log) for profile in profiles]
+        if len(profiles) == 1:
+            return [convert_profile(opts, prep, profiles[0], name, log, opts.out)]
+        return _all_or_nothing(opts, prep, profiles, name, log)
+
+
+def _all_or_nothing(opts: ConvertOptions, prep: Prepared, profiles: list[Profile], name: str,
+                    log: Log) -> list[ProfileResult]:
+    """Several profiles: bundles are staged beside ``--out`` and move in only once every
+    profile converted, so a failure in the last one leaves ``--out`` as it was."""
+    created = not opts.out.exists()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".edge-convert-", dir=opts.out))
+    try:
+        results = [convert_profile(opts, prep, profile, name, log, staging)
+                   for profile in profiles]
+        for result in results:
+            final = opts.out / result.bundle.name
+            replace_dir(result.bundle, final)
+            result.bundle = final
+        return results
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(opts.out.iterdir()):
+            opts.out.rmdir()
 
 
 def _read_label_file(path: Path | None) -> list[str] | None:
@@ -132,6 +156,9 @@ def prepare(opts: ConvertOptions, labels: list[str] | None, work: Path, log: Log
     info = run_job({"job": "inspect", "model": str(opts.model.resolve()),
                     "out": str(float_model)}, work, "inspect")
     spec = _input_spec(opts, float_model)
+    if spec.is_image:
+        calib_all = calib_all.in_opencv_order()
+        validation = validation.in_opencv_order() if validation is not None else None
     if validation is not None:
         calib_pool, evaluation, basis = calib_all, validation, "validation"
     else:
@@ -254,7 +281,7 @@ def _check_outputs(task: str, run: ModelRun, class_names: list[str] | None,
 
 
 def convert_profile(opts: ConvertOptions, prep: Prepared, profile: Profile, name: str,
-                    log: Log) -> ProfileResult:
+                    log: Log, out: Path) -> ProfileResult:
     log(f"[{profile.name}] {profile.quantization} (I/O {profile.io_dtype}) …")
     work = prep.work / profile.name
     work.mkdir()
@@ -291,7 +318,7 @@ def convert_profile(opts: ConvertOptions, prep: Prepared, profile: Profile, name
         float_tensors=float_tensors(model) if profile.quantization == "int8" else [],
         conversion_s=time.perf_counter() - started, eval_basis=prep.eval_basis,
     )
-    bundle, manifest = write_bundle(parts, opts.out, log)
+    bundle, manifest = write_bundle(parts, out, log)
     notes += _budget_notes(profile, run)
     return ProfileResult(profile.name, bundle, manifest, passed, notes)
 
