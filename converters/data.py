@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -31,9 +31,19 @@ class Dataset:
     sha256: str
     refs: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    rgb: bool = False  # 3-channel items are RGB (NumPy's usual order), not OpenCV's BGR
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def in_opencv_order(self) -> Dataset:
+        """The same images with colour channels in OpenCV's BGR order, as a camera's frames
+        reach ``edge_runtime.preprocess`` on the device (image folders and videos already are)."""
+        if not self.rgb:
+            return self
+        items = [np.ascontiguousarray(x[..., ::-1]) if x.ndim == 3 and x.shape[-1] == 3 else x
+                 for x in self.items]
+        return replace(self, items=items, rgb=False)
 
     def subset(self, indexes: Sequence[int] | np.ndarray) -> Dataset:
         idx = [int(i) for i in indexes]
@@ -44,6 +54,7 @@ class Dataset:
             source=self.source,
             sha256=self.sha256,
             refs=[self.refs[i] for i in idx] if self.refs else [],
+            rgb=self.rgb,
         )
 
 
@@ -132,7 +143,8 @@ def _load_npz(path: Path, class_names: Sequence[str] | None) -> Dataset:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     items = [x[i] for i in range(len(x))]
     names = list(class_names) if class_names else None
-    return Dataset(items, y, names, f"npz {path}", digest, [str(i) for i in range(len(x))])
+    return Dataset(items, y, names, f"npz {path}", digest, [str(i) for i in range(len(x))],
+                   rgb=True)
 
 
 def _npz_labels(path: Path, y: np.ndarray, n: int, class_names: Sequence[str] | None,

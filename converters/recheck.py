@@ -18,6 +18,8 @@ def recheck(bundle_path: Path, data_path: Path) -> dict[str, Any]:
     bundle = load_bundle_dir(bundle_path)
     assert bundle.manifest is not None and bundle.input_spec is not None
     data = load_dataset(data_path, class_names=bundle.labels or None)
+    if bundle.input_spec.is_image:
+        data = data.in_opencv_order()
     run = run_model(bundle.model_path, data, bundle.input_spec,
                     threads=int(bundle.profile.get("threads", 1) or 1))
     report: dict[str, Any] = {

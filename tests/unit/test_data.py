@@ -148,6 +148,29 @@ def test_npz_with_integer_labels(tmp_path: Path, real_digits: tuple[np.ndarray, 
     np.testing.assert_array_equal(data.items[7], images[7])
 
 
+def test_npz_images_are_rgb_and_reach_preprocessing_in_opencv_order(tmp_path: Path) -> None:
+    rgb = np.zeros((2, 4, 4, 3), np.uint8)
+    rgb[..., 0] = 200  # red, as NumPy, PIL and Keras order it
+    np.savez(tmp_path / "rgb.npz", x=rgb)
+    data = load_dataset(tmp_path / "rgb.npz")
+    assert data.rgb and data.subset([1]).rgb
+    bgr = data.in_opencv_order()
+    assert not bgr.rgb and bgr.items[0].flags["C_CONTIGUOUS"]
+    assert bgr.items[0][0, 0].tolist() == [0, 0, 200]
+    # A folder is read by OpenCV and is already in its order.
+    cv2.imwrite(str(tmp_path / "frame.png"), bgr.items[0])
+    folder = load_dataset(tmp_path)
+    assert folder.in_opencv_order() is folder
+    np.testing.assert_array_equal(folder.items[0], bgr.items[0])
+
+
+def test_sensor_windows_in_an_npz_are_left_as_they_are(tmp_path: Path) -> None:
+    windows = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)  # accelerometer x, y, z
+    np.savez(tmp_path / "imu.npz", x=windows)
+    data = load_dataset(tmp_path / "imu.npz")
+    np.testing.assert_array_equal(data.items[1], windows[1])
+
+
 def test_npz_one_hot_and_named_labels_become_indexes(tmp_path: Path) -> None:
     x = np.zeros((3, 4, 4), np.uint8)
     np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(3)[[2, 0, 1]])
