@@ -18,24 +18,28 @@ Figures:
 * per restart: results made and seen at the subscriber when the broker was stopped; results
   made when it came back, the backlog (outbox depth) at that moment and the largest depth
   sampled until the next restart; and, from broker start, how long until
-  - *daemon online*: the daemon's own ``ts`` in its first ``online`` status message after the
-    restart (it publishes one on every connect), i.e. when it reconnected;
+  - *daemon online*: the daemon's own ``ts`` in its first status message after the restart
+    (it publishes one, ``online`` or ``degraded``, on every connect), i.e. when it reconnected;
   - *first new result*: the subscriber received a ``seq`` it had never seen (this needs the
     subscriber to reconnect too, it retries every 0.1 s; the first such ``seq`` may be one the
     broker had queued for the subscriber before the stop, not one from the daemon);
   - *caught up*: the subscriber has every ``seq`` up to the last one made before broker start,
     i.e. the backlog made while the broker was away has been delivered;
-* RSS: the daemon's ``VmRSS`` from ``/proc/PID/status`` every 0.25 s, with the results the daemon
-  had made by then (its outbox ``last_seq``, read from the state dir) and the outbox depth.
+* RSS: the daemon's ``VmRSS`` from ``/proc/PID/status`` every 0.25 s, split into anonymous
+  memory (``RssAnon``: heaps, SQLite's page cache) and file-backed pages (``RssFile``: shared
+  libraries, mapped files), with the results the daemon had made by then (its outbox
+  ``last_seq``, read from the state dir), the outbox depth and the size of its SQLite WAL.
   *At warm-up* is the first sample once ``--warmup-frames`` results were made; *max after
   warm-up* the largest sample from there on; *final* the last sample before the process exited.
-  Growth = (max after warm-up - at warm-up) / at warm-up. The peak backlog is the largest
-  outbox depth sampled;
+  Growth = (max after warm-up - at warm-up) / at warm-up, in VmRSS. The peak backlog is the
+  largest outbox depth sampled. ``--json`` keeps every sample;
 * at the end: the outbox depth in the state dir after the daemon exited (opened with the
   daemon's own ``Outbox``), ``seq``\\ s 1..N the subscriber never received (missing) and
   messages it received more than once (duplicates: allowed, a message in flight when the broker
   went away is sent again), and the daemon's last metrics message (published on its way out,
-  before the final drain: reconnects, messages published and acknowledged until then).
+  before the final drain: reconnects, messages published and acknowledged until then, and the
+  pipeline's frame counters; a result the outbox could not store is skipped without using a
+  ``seq``, so its ``unstored`` count also counts as lost).
 
 Goals (from the requirement): RSS after warm-up grows < 5 %, the outbox drains to zero, nothing
 is lost. They are reported, not enforced: the script exits 0 whatever the figures, and non-zero
@@ -195,8 +199,9 @@ class Tally:
         self._open = [r for r in self._open if not r.settled]
 
     def _status(self, payload: dict[str, Any]) -> None:
-        # Retained copies come back on every re-subscribe: only a ts after the restart counts.
-        if payload.get("state") != "online":
+        # Sent on every connect ("online" or "degraded"); retained copies come back on every
+        # re-subscribe, so only a ts after the restart counts.
+        if payload.get("state") not in ("online", "degraded"):
             return
         ts = float(payload.get("ts", 0.0))
         for restart in self._open:
@@ -210,10 +215,14 @@ class Tally:
 @dataclass(frozen=True)
 class Sample:
     t: float  # seconds since the daemon started
-    rss_kb: int
+    rss_kb: int  # VmRSS = anonymous + file-backed + shared memory, each below
+    anon_kb: int
+    file_kb: int
+    shmem_kb: int
     made: int  # results the daemon had made (outbox last_seq)
     seen: int  # distinct seqs at the subscriber
     depth: int  # outbox rows not yet acknowledged
+    wal_kb: int  # size of the outbox's SQLite write-ahead log
 
 
 class Sampler(threading.Thread):
@@ -229,12 +238,16 @@ class Sampler(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
+        wal = self.state_dir / "outbox.sqlite-wal"
         while not self._halt.is_set() and self.process.poll() is None:
-            rss = vm_rss_kb(self.process.pid)
-            if rss:
-                sample = Sample(round(time.monotonic() - self.started, 3), rss,
+            memory = resident_kb(self.process.pid)
+            if memory.get("VmRSS"):
+                sample = Sample(round(time.monotonic() - self.started, 3), memory["VmRSS"],
+                                memory.get("RssAnon", 0), memory.get("RssFile", 0),
+                                memory.get("RssShmem", 0),
                                 outbox_last_seq(self.state_dir, PIPELINE),
-                                self.tally.distinct, outbox_depth(self.state_dir))
+                                self.tally.distinct, outbox_depth(self.state_dir),
+                                wal.stat().st_size // 1024 if wal.exists() else 0)
                 with self._lock:
                     self.samples.append(sample)
             self._halt.wait(SAMPLE_S)
@@ -249,16 +262,21 @@ class Sampler(threading.Thread):
             return list(self.samples)
 
 
-def vm_rss_kb(pid: int) -> int:
-    """Resident kB of a live process (0 once it is gone)."""
+RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
+def resident_kb(pid: int) -> dict[str, int]:
+    """Resident kB of a live process, in total and by kind (empty once it is gone)."""
+    found: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                key, _, value = line.partition(":")
+                if key in RSS_FIELDS:
+                    found[key] = int(value.split()[0])
     except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        return {}
+    return found
 
 
 # ----- the run -------------------------------------------------------------------------------------
@@ -380,12 +398,17 @@ def tail(path: Path, lines: int = 15) -> str:
 def summarise(args: argparse.Namespace, run: Run, tally: Tally, others: dict[str, float]
               ) -> dict[str, Any]:
     after = [s for s in run.samples if s.made >= args.warmup_frames]
-    warm = after[0].rss_kb if after else None
-    peak = max(s.rss_kb for s in after) if after else None
-    growth = (peak - warm) / warm * 100 if warm and peak else None
+    warm = after[0] if after else None
+    peak = max(after, key=lambda s: s.rss_kb) if after else None
+    final = run.samples[-1] if run.samples else None
+    growth = (peak.rss_kb - warm.rss_kb) / warm.rss_kb * 100 if warm and peak else None
     missing = tally.missing(args.frames)
-    nothing_lost = missing == 0 and run.made == args.frames and run.dropped_after_exit == 0
     metrics = tally.last_metrics or {}
+    frames = ((metrics.get("pipelines") or {}).get(PIPELINE) or {}).get("frames") or {}
+    # A result the outbox refused is skipped without taking a seq: only this counter shows it.
+    unstored = int(frames.get("unstored", 0))
+    nothing_lost = (missing == 0 and run.made == args.frames and run.dropped_after_exit == 0
+                    and unstored == 0)
     return {
         "machine": machine_description(),
         "frames": args.frames, "restart_every": args.restart_every, "down_s": args.down_s,
@@ -393,10 +416,8 @@ def summarise(args: argparse.Namespace, run: Run, tally: Tally, others: dict[str
         "made": run.made, "wall_s": round(run.wall_s, 1),
         "results_per_s": round(run.made / run.wall_s, 1),
         "restarts": [r.figures() for r in run.restarts],
-        "rss_mb": {
-            "at_warmup": _mb(warm), "max_after_warmup": _mb(peak),
-            "final": _mb(run.samples[-1].rss_kb if run.samples else None),
-            "first_sample": _mb(run.samples[0].rss_kb if run.samples else None),
+        "rss_mib": {
+            "at_warmup": _mib(warm), "max_after_warmup": _mib(peak), "final": _mib(final),
             "growth_pct": round(growth, 2) if growth is not None else None,
         },
         "peak_backlog": max((s.depth for s in run.samples), default=0),
@@ -404,7 +425,8 @@ def summarise(args: argparse.Namespace, run: Run, tally: Tally, others: dict[str
         "outbox_dropped": run.dropped_after_exit,
         "received": tally.messages, "distinct": tally.distinct, "missing": missing,
         "duplicates": tally.duplicates, "beyond_n": tally.beyond(args.frames),
-        "final_metrics": {"mqtt": metrics.get("mqtt"), "outbox": metrics.get("outbox")},
+        "final_metrics": {"mqtt": metrics.get("mqtt"), "outbox": metrics.get("outbox"),
+                          "frames": frames},
         "others_cpu_share": {k: round(v, 3) for k, v in others.items()},
         "goals": {
             f"RSS after warm-up grows < {RSS_GOAL_PCT:g} %":
@@ -417,8 +439,19 @@ def summarise(args: argparse.Namespace, run: Run, tally: Tally, others: dict[str
     }
 
 
-def _mb(kb: int | None) -> float | None:
-    return round(kb / 1024, 1) if kb is not None else None
+def _mib(sample: Sample | None) -> dict[str, float] | None:
+    """A sample's resident memory in MiB: total, anonymous, file-backed."""
+    if sample is None:
+        return None
+    return {"total": round(sample.rss_kb / 1024, 1), "anon": round(sample.anon_kb / 1024, 1),
+            "file": round(sample.file_kb / 1024, 1), "made": sample.made}
+
+
+def _rss(memory: dict[str, float] | None) -> str:
+    if memory is None:
+        return "-"
+    return (f"{memory['total']:.1f} MiB (anonymous {memory['anon']:.1f} + files "
+            f"{memory['file']:.1f}) at {memory['made']:.0f} results")
 
 
 def _s(value: float | None) -> str:
@@ -426,7 +459,7 @@ def _s(value: float | None) -> str:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    rss = r["rss_mb"]
+    rss = r["rss_mib"]
     print(f"soak on {r['machine']}")
     print(f"  {r['frames']} frames, broker restarted every {r['restart_every']} results made, "
           f"down {r['down_s']:g} s each")
@@ -434,9 +467,9 @@ def print_report(r: dict[str, Any]) -> None:
         ("results made / wall time", f"{r['made']} / {r['wall_s']:.1f} s"),
         ("results/s (outages included)", f"{r['results_per_s']:.1f}"),
         ("broker restarts", str(len(r["restarts"]))),
-        (f"RSS at warm-up ({r['warmup_frames']} results)", f"{rss['at_warmup']} MB"),
-        ("RSS max after warm-up", f"{rss['max_after_warmup']} MB"),
-        ("RSS final (last sample before exit)", f"{rss['final']} MB"),
+        (f"RSS at warm-up ({r['warmup_frames']} results)", _rss(rss["at_warmup"])),
+        ("RSS max after warm-up", _rss(rss["max_after_warmup"])),
+        ("RSS final (last sample before exit)", _rss(rss["final"])),
         ("RSS growth after warm-up", f"{rss['growth_pct']} %"),
         ("peak outbox backlog (sampled)", str(r["peak_backlog"])),
         ("outbox depth after exit", str(r["outbox_depth_at_end"])),
@@ -465,6 +498,9 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"\n  daemon's last metrics message (sent before its final drain): reconnects "
               f"{mqtt.get('reconnects')}, published {mqtt.get('published')}, acked "
               f"{mqtt.get('acked')}, rejected {mqtt.get('rejected')}")
+    frames = (r["final_metrics"] or {}).get("frames") or {}
+    if frames:
+        print("  frames: " + ", ".join(f"{k} {v}" for k, v in frames.items()))
     shares = r["others_cpu_share"]
     print(f"  CPU taken elsewhere meanwhile: other processes {shares['others']:.0%}, "
           f"hypervisor {shares['steal']:.0%} of both cores")

@@ -340,9 +340,17 @@ class MqttLink:
         self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
 
     def _drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the outbox to empty, connected or not.
+
+        A broker that is away (restarting, or just dropped the connection) may be back within
+        the time left: paho keeps reconnecting meanwhile and the sender resends from the outbox.
+        Only a link that never got through returns at once: nothing suggests a broker is there.
+        """
         self._sender.drain()
+        if not self._ever_connected:
+            return
         deadline = time.monotonic() + timeout
-        while self._connected and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             if self._outbox.depth() == 0:
                 return
             time.sleep(_DRAIN_POLL_S)

@@ -174,19 +174,19 @@ def test_pings_stop_while_storage_stalls_and_come_back(notify: NotifySocket, bro
         assert daemon.terminate() == 0, daemon.tail()
 
 
-def test_a_pipeline_that_dies_ends_the_daemon_with_a_failure(notify: NotifySocket,
-                                                             broker: Mosquitto, digits: Path,
-                                                             digits_bundle: Path,
-                                                             tmp_path: Path) -> None:
+def test_a_storage_stall_past_the_busy_timeout_skips_results_and_service_resumes(
+        notify: NotifySocket, broker: Mosquitto, digits: Path, digits_bundle: Path,
+        tmp_path: Path) -> None:
     with start_daemon(broker, digits, digits_bundle, tmp_path) as daemon:
         assert notify.wait_for("READY", 30), daemon.tail()
-        # Longer than the busy timeout: the write fails and takes the pipeline with it.
+        # Longer than SQLite's busy timeout: the write fails, the result is skipped and counted.
         with outbox_write_lock(tmp_path / "state"):
-            assert daemon.wait_for_log("stopped by an unexpected error", 15), daemon.tail()
-        code = daemon.wait(40)
-    assert code == 1, daemon.tail()
-    assert "stopped on an error" in daemon.stderr()
-    assert notify.wait_for("STOPPING", 5)
+            assert daemon.wait_for_log("results cannot be stored", 15), daemon.tail()
+        released = time.monotonic()
+        assert daemon.wait_for_log("results are stored again", 15), daemon.tail()
+        assert notify.wait_for("WATCHDOG", 5, count=2, after=released), daemon.tail()
+        assert daemon.terminate() == 0, daemon.tail()
+    assert "stopped by an unexpected error" not in daemon.stderr()
 
 
 # ----- in-process: an inference that hangs ---------------------------------------------------
@@ -255,4 +255,33 @@ def test_pings_stop_while_inference_hangs_though_the_main_loop_runs(
         daemon.request_stop()
         runner.join(30)
     assert exit_code == [0]
+    assert notify.wait_for("STOPPING", 5)
+
+
+def test_a_pipeline_that_dies_ends_the_daemon_with_a_failure(
+        notify: NotifySocket, monkeypatch: pytest.MonkeyPatch, digits: Path,
+        digits_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    daemon = Daemon(in_process_config(digits, digits_bundle, tmp_path / "state"))
+    model = daemon.pipelines["default"].model
+    calls = {"n": 0}
+    run = model.run
+
+    def failing(data: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("the accelerator went away")
+        return run(data)
+
+    monkeypatch.setattr(model, "run", failing)
+    exit_code: list[int] = []
+    runner = threading.Thread(target=lambda: exit_code.append(daemon.run()), daemon=True)
+    runner.start()
+    try:
+        assert notify.wait_for("READY", 10)
+        runner.join(40)
+    finally:
+        daemon.request_stop()
+        runner.join(30)
+    assert exit_code == [1]
+    assert "stopped by an unexpected error" in caplog.text
     assert notify.wait_for("STOPPING", 5)

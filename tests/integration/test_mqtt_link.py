@@ -6,6 +6,7 @@ import logging
 import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -131,6 +132,25 @@ def test_broker_restart_mid_stream_loses_nothing(mosquitto: Mosquitto, tmp_path:
         wait_for_seqs(sub, topics, set(range(1, 401)))
         assert link.counters["reconnects"] >= 1
         assert wait_until(lambda: outbox.depth() == 0)
+
+
+def test_a_broker_that_restarts_during_the_shutdown_drain_still_gets_everything(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    topics = Topics("dev-drain")
+    with Subscriber(mosquitto, topics.result(STREAM)) as sub, Outbox(tmp_path / "o.db") as outbox:
+        link = MqttLink(mosquitto.settings(**FAST), topics, outbox)
+        link.start()
+        assert wait_until(lambda: link.connected)
+        mosquitto.stop()
+        append(outbox, topics, link, 50)
+        restart = threading.Timer(1.0, mosquitto.start)
+        restart.start()
+        try:
+            left = link.stop(drain_timeout=15)
+        finally:
+            restart.join()
+        assert left == 0 and outbox.depth() == 0
+        wait_for_seqs(sub, topics, set(range(1, 51)))
 
 
 def test_network_cut_resends_what_was_in_flight(mosquitto: Mosquitto, tmp_path: Path) -> None:
