@@ -22,3 +22,5 @@ class Frame:
     data: np.ndarray
     label: str | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    # The model input made from ``data`` ahead of inference (``LoadedModel.prepare``), if any.
+    prepared: object | None = None

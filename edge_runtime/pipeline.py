@@ -1,7 +1,8 @@
 """One pipeline: a source → preprocess → backend → postprocess → outbox, on its own threads.
 
 The capture thread holds at most one frame for live sources (newest wins) and hands frames over
-one by one for files; the inference thread below is the only owner of the interpreter. A model
+one by one for files, preprocessed ahead so that the next frame's resize and quantization overlap
+this one's inference; the inference thread below is the only owner of the interpreter. A model
 swap (``reload``, ``rollback``) replaces the :class:`LoadedModel` between two frames.
 """
 
@@ -59,7 +60,7 @@ class Pipeline:
         self._store_failing = False
         self._thread: threading.Thread | None = None
         self.capture = Capture(open_source(config.source, self._source_options(model)),
-                               on_state=self._source_state)
+                               on_state=self._source_state, prepare=self._prepare)
         self._describe_model(model)
 
     # ----- control ----------------------------------------------------------------------------
@@ -140,7 +141,7 @@ class Pipeline:
         with self._swap_lock:
             model = self._model
         try:
-            outcome, t = model.run(frame.data)
+            outcome, t = model.run(frame.data, frame.prepared)
         except ValueError as exc:
             self.metrics.error()
             log.warning("pipeline %s: frame %s skipped: %s", self.name, frame.ref, exc)
@@ -192,6 +193,13 @@ class Pipeline:
             log.info("pipeline %s: results are stored again", self.name)
             self._state(self.source_state, self.source_reason)
         return True
+
+    def _prepare(self, frame: Frame) -> None:
+        """On the capture thread of a file source: preprocess while the previous frame is in
+        inference. A model swapped in meanwhile makes ``run`` preprocess the frame again."""
+        with self._swap_lock:
+            model = self._model
+        frame.prepared = model.prepare(frame.data)
 
     def _score(self, truth: str, predicted: str | None) -> None:
         self.metrics.counters.inc("labelled")

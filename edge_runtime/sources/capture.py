@@ -128,13 +128,17 @@ class Capture:
     """
 
     def __init__(self, source: Source, *, on_state: StateCallback | None = None,
-                 reopen_backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+                 reopen_backoff: tuple[float, float] = (0.5, 30.0),
+                 prepare: Callable[[Frame], None] | None = None) -> None:
         low, high = reopen_backoff
         if not 0 < low <= high:
             raise ValueError(f"reopen_backoff must be (min, max) with 0 < min <= max, "
                              f"got {reopen_backoff}")
         self.source = source
         self.error: str | None = None
+        # Work done on each frame on this thread before the hand-off (files and folders only:
+        # a live source's frames may be dropped, and work on them would be wasted).
+        self._prepare = None if source.live else prepare
         self._on_state = on_state
         self._backoff_range = (float(low), float(high))
         self._handoff: _HandOff = LatestFrameSlot() if source.live else LosslessHandOff()
@@ -238,6 +242,11 @@ class Capture:
             self._degraded = False
             log.info("%s recovered", self.source.describe())
             self._notify("ok", f"{self.source.describe()}: recovered")
+        if self._prepare is not None:
+            try:
+                self._prepare(frame)
+            except Exception:  # the consumer meets the same problem and reports it
+                log.debug("preparing frame %s failed", frame.ref, exc_info=True)
         return self._handoff.put(frame)
 
     def _report_failure(self, message: str) -> None:
