@@ -25,6 +25,7 @@ os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
 
 UNSUPPORTED_OPS = re.compile(r"^(?:TF Select|Custom) ops: (.+)$", re.MULTILINE)
+WRAPPER = "edge_batch1"
 
 
 class JobError(Exception):
@@ -69,7 +70,9 @@ def make_converter(kind: str, model: Any) -> Any:
     # A batch-1 wrapper gives static shapes (the Edge TPU needs them; boards run batch 1).
     inputs = [keras.Input(batch_shape=(1, *i.shape[1:]), dtype=i.dtype) for i in model.inputs]
     outputs = model(inputs[0] if len(inputs) == 1 else inputs)
-    return tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs))
+    # A fixed name keeps the graph's node names the same in every process and on every call:
+    # the per-layer statistics name nodes that a later recovery job keeps in float.
+    return tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs, name=WRAPPER))
 
 
 def configure(converter: Any, quantization: str, io_dtype: str,
