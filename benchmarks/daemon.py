@@ -236,6 +236,7 @@ class ChildRun:
     seconds: float
     cpu_seconds: float
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU seconds)
+    peak_anon_bytes: int = 0  # largest RssAnon sampled: heaps, not shared library pages
 
     def cpu_between(self, start: float, end: float) -> float:
         """CPU seconds the child used between two wall-clock times (from the samples)."""
@@ -252,14 +253,15 @@ def run_monitored(command: Sequence[str], timeout: float = RUN_TIMEOUT_S,
     clock = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL if quiet else None)
-    high_water = 0
+    high_water = anon = 0
     samples: list[tuple[float, float]] = []
     deadline = clock + timeout
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
-        high_water = max(high_water, _vm_hwm(process.pid))
+        hwm, rss_anon = _memory(process.pid)
+        high_water, anon = max(high_water, hwm), max(anon, rss_anon)
         cpu = _cpu_s(process.pid)
         if cpu is not None:
             samples.append((time.time(), cpu))
@@ -272,7 +274,7 @@ def run_monitored(command: Sequence[str], timeout: float = RUN_TIMEOUT_S,
     # Not usage.ru_maxrss: a child forked from this process inherits this process's RSS as its
     # high-water mark until it execs, so it would report the benchmark's memory, not its own.
     return ChildRun(started, process.returncode, high_water, time.perf_counter() - clock,
-                    usage.ru_utime + usage.ru_stime, samples)
+                    usage.ru_utime + usage.ru_stime, samples, anon)
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -285,16 +287,19 @@ def _cpu_s(pid: int) -> float | None:
         return None
 
 
-def _vm_hwm(pid: int) -> int:
-    """Peak resident bytes of a live process (0 once it is gone)."""
+def _memory(pid: int) -> tuple[int, int]:
+    """Peak resident bytes (VmHWM) and anonymous resident bytes (RssAnon) of a live process;
+    zeros once it is gone."""
+    found = {"VmHWM:": 0, "RssAnon:": 0}
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                key = line.split(maxsplit=1)[0] if line.strip() else ""
+                if key in found:
+                    found[key] = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return found["VmHWM:"], found["RssAnon:"]
 
 
 class CpuShare:
@@ -560,6 +565,7 @@ INFO_ROWS = (
     ("model_loop_cpu_ms", "decode + LoadedModel.run CPU per frame (ms)", 2),
     ("daemon_cpu_ms", "daemon CPU per result, all threads (ms)", 2),
     ("overhead_p99_ms", "capture → broker beyond the invoke, p99 (ms)", 2),
+    ("peak_anon_rss_mb", "of which anonymous at most (MB; the rest is library pages)", 0),
     ("tensorflow_peak_rss_mb", "tf.lite.Interpreter with TensorFlow, peak RSS (MB)", 0),
 )
 
@@ -599,6 +605,8 @@ def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
                "throughput_ratio": daemon.per_s / bare.per_s,
                "first_result_s": run.first_result_s,
                "peak_rss_mb": max(run.child.peak_rss_bytes, paced.child.peak_rss_bytes) / 2**20,
+               "peak_anon_rss_mb": max(run.child.peak_anon_bytes,
+                                       paced.child.peak_anon_bytes) / 2**20,
                "model_loop_per_s": in_process.per_s,
                "bare_cpu_ms": bare.cpu_ms, "model_loop_cpu_ms": in_process.cpu_ms,
                "daemon_cpu_ms": daemon.cpu_ms,

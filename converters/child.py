@@ -157,7 +157,7 @@ def job_quantize(job: dict[str, Any]) -> dict[str, Any]:
     configure(converter, quantization, io_dtype, dataset)
     denylist = list(job.get("denylist") or [])
     if denylist:
-        data = _selective(converter, samples, denylist, job.get("debug_samples", 32))
+        data = _selective(converter, samples, denylist, job.get("debug_samples", 32), io_dtype)
     else:
         data = convert(converter)
     Path(job["out"]).write_bytes(data)
@@ -202,16 +202,30 @@ def _layer_stats(converter: Any, samples: Any, limit: int) -> list[dict[str, Any
     return layers
 
 
-def _selective(converter: Any, samples: Any, denylist: list[str], limit: int) -> bytes:
-    """Quantize everything but the named tensors' ops, which stay in float."""
+def _selective(converter: Any, samples: Any, denylist: list[str], limit: int,
+               io_dtype: str) -> bytes:
+    """Quantize everything but the named tensors' ops, which stay in float.
+
+    The debugger's model always has float input and output; they are made ``io_dtype`` again
+    where the first and last ops are quantized. Where one is kept in float, so is that end.
+    """
     import tensorflow as tf
+    from tensorflow.lite.python import util
 
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
     with contextlib.redirect_stdout(io.StringIO()):
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=_debug_dataset(samples, limit),
             debug_options=options)
-        return bytes(debugger.get_nondebug_quantized_model())
+        data = bytes(debugger.get_nondebug_quantized_model())
+    if io_dtype in ("int8", "uint8"):
+        dtype = getattr(tf, io_dtype)
+        for inputs, outputs in ((dtype, dtype), (dtype, tf.float32), (tf.float32, dtype)):
+            try:
+                return bytes(util.modify_model_io_type(data, inputs, outputs))
+            except (ValueError, RuntimeError):
+                continue
+    return data
 
 
 def _versions() -> dict[str, str]:

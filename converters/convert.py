@@ -41,6 +41,8 @@ from .verify import (
 
 Log = Callable[[str], None]
 RECOVERY_FRACTIONS = (0.1, 0.25)
+ONE_CLASS_SHARE = 0.9        # a float model giving one class this often is suspect
+ONE_CLASS_MIN_SAMPLES = 20
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -91,6 +93,7 @@ class Prepared:
     float_model: Path
     info: dict[str, Any]
     softmax: bool
+
 
 
 def convert(opts: ConvertOptions, log: Log = print) -> list[ProfileResult]:
@@ -320,7 +323,31 @@ def convert_profile(opts: ConvertOptions, prep: Prepared, profile: Profile, name
     )
     bundle, manifest = write_bundle(parts, out, log)
     notes += _budget_notes(profile, run)
+    one_class = one_class_note(prep)
+    if one_class:
+        notes.append(one_class)
     return ProfileResult(profile.name, bundle, manifest, passed, notes)
+
+
+def one_class_note(prep: Prepared) -> str | None:
+    """A classifier that gives one class to nearly every sample agrees with any quantized copy
+    of itself and passes the gate: say so, unless the data itself is that lopsided."""
+    outputs = prep.float_run.outputs
+    if prep.task != "classification" or outputs.ndim != 2 or outputs.shape[1] < 3:
+        return None
+    if len(outputs) < ONE_CLASS_MIN_SAMPLES:
+        return None
+    top = outputs.argmax(1)
+    index = int(np.bincount(top).argmax())
+    share = float(np.mean(top == index))
+    labels = prep.evaluation.labels
+    if share < ONE_CLASS_SHARE or (labels is not None and np.mean(labels == index) >= share - 0.1):
+        return None
+    names = prep.class_names or []
+    name = names[index] if index < len(names) else str(index)
+    return (f"the float model gives {name!r} to {share:.0%} of the {len(top)} {prep.eval_basis} "
+            "samples: accuracy and agreement mean little for a model that does not tell classes "
+            "apart; check its training and --input-mean/--input-std/--color")
 
 
 def _quant_job(opts: ConvertOptions, prep: Prepared, profile: Profile, out: Path, *,
@@ -377,6 +404,9 @@ def _recover(opts: ConvertOptions, prep: Prepared, profile: Profile, work: Path,
             summary = (f"recovered: {count} layer(s) kept in float; drop {cmp.drop_points:.2f} → "
                        f"{new_cmp.drop_points:.2f} points, size {attempts[-1]['size_delta_bytes']:+d}"
                        f" B, latency {attempts[-1]['latency_delta_ms']:+.3f} ms")
+            if new_run.input_spec.dtype != profile.io_dtype:
+                summary += (f"; the input stays {new_run.input_spec.dtype}, not "
+                            f"{profile.io_dtype}, as its first layer is kept in float")
             log(f"  {summary}")
             new_run.size_bytes = base_model.stat().st_size
             return ({"attempted": True, "recovered": True, "summary": summary,

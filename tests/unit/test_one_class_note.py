@@ -1,0 +1,49 @@
+"""A classifier that gives one class to nearly everything is pointed out in the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from converters.convert import Prepared, one_class_note
+from converters.data import Dataset
+from converters.verify import ModelRun
+from edge_runtime.preprocess import InputSpec
+
+NAMES = [f"digit_{i}" for i in range(10)]
+
+
+def prepared(predicted: np.ndarray, labels: np.ndarray | None, task: str = "classification",
+             ) -> Prepared:
+    outputs = np.eye(10, dtype=np.float32)[predicted]
+    spec = InputSpec(shape=(1, 8, 8, 1))
+    data = Dataset([np.zeros((8, 8), np.uint8)] * len(predicted), labels, NAMES, "test", "0")
+    return Prepared(work=Path("."), spec=spec, task=task, class_names=NAMES, calib=data,
+                    calib_path=Path("c.npy"), evaluation=data, eval_basis="validation",
+                    float_run=ModelRun(outputs, 1.0, 100, spec), float_model=Path("f.tflite"),
+                    info={}, softmax=False)
+
+
+def test_a_model_that_answers_one_class_for_everything_is_named() -> None:
+    labels = np.arange(100) % 10
+    note = one_class_note(prepared(np.full(100, 1), labels))
+    assert note is not None and "'digit_1' to 100% of the 100 validation samples" in note
+
+
+def test_a_model_that_tells_classes_apart_gets_no_note() -> None:
+    labels = np.arange(100) % 10
+    predicted = labels.copy()
+    predicted[:30] = 1
+    assert one_class_note(prepared(predicted, labels)) is None
+
+
+def test_data_that_is_itself_one_class_gets_no_note() -> None:
+    labels = np.where(np.arange(100) < 95, 0, 3)
+    assert one_class_note(prepared(np.zeros(100, np.int64), labels)) is None
+
+
+def test_unlabelled_data_and_other_tasks() -> None:
+    assert one_class_note(prepared(np.full(50, 4), None)) is not None
+    assert one_class_note(prepared(np.full(50, 4), None, task="regression")) is None
+    assert one_class_note(prepared(np.full(10, 4), None)) is None  # too few to tell
