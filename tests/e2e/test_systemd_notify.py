@@ -212,11 +212,11 @@ class HangingModel:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, data: Any) -> Any:
+    def __call__(self, data: Any, prepared: Any = None) -> Any:
         if self.hang.is_set() and not self.release.is_set():
             self.entered.set()
             self.release.wait(30)
-        return self._run(data)
+        return self._run(data, prepared)
 
 
 def test_pings_stop_while_inference_hangs_though_the_main_loop_runs(
@@ -266,11 +266,11 @@ def test_a_pipeline_that_dies_ends_the_daemon_with_a_failure(
     calls = {"n": 0}
     run = model.run
 
-    def failing(data: Any) -> Any:
+    def failing(data: Any, prepared: Any = None) -> Any:
         calls["n"] += 1
         if calls["n"] > 3:
             raise RuntimeError("the accelerator went away")
-        return run(data)
+        return run(data, prepared)
 
     monkeypatch.setattr(model, "run", failing)
     exit_code: list[int] = []
@@ -282,6 +282,7 @@ def test_a_pipeline_that_dies_ends_the_daemon_with_a_failure(
     finally:
         daemon.request_stop()
         runner.join(30)
-    assert exit_code == [1]
+    assert exit_code == [1] and calls["n"] == 4
     assert "stopped by an unexpected error" in caplog.text
+    assert "the accelerator went away" in caplog.text
     assert notify.wait_for("STOPPING", 5)
