@@ -183,7 +183,8 @@ def _default_device_id() -> str:
 
 
 def load_config(path: Path, overlay: Callable[[dict[str, Any]], None] | None = None) -> DaemonConfig:
-    """The config in ``path``; relative paths in it are read from the file's folder.
+    """The config in ``path``; relative paths in it (bundles, sources, labels, keys, the state
+    dir, bundle roots, MQTT password and TLS files) are read from the file's folder.
 
     ``overlay`` may change the parsed mapping before it is validated (``run``'s flags do). Raises
     ConfigError naming the key and its line.
@@ -197,6 +198,14 @@ def load_config(path: Path, overlay: Callable[[dict[str, Any]], None] | None = N
         raise ConfigError(describe_errors(str(path), root, exc, DaemonConfig)) from None
     base = path.resolve().parent
     config.trusted_keys = [_anchored(key, base) for key in config.trusted_keys]
+    if config.state_dir is not None:
+        config.state_dir = _anchored(config.state_dir, base)
+    config.commands.bundle_roots = [_anchored(root, base) for root in config.commands.bundle_roots]
+    mqtt = config.mqtt
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        value = getattr(mqtt, key)
+        if value is not None:
+            setattr(mqtt, key, _anchored(value, base))
     for pipeline in config.pipelines:
         pipeline.bundle = _anchored(pipeline.bundle, base)
         if pipeline.model.labels is not None:

@@ -224,6 +224,7 @@ class Control:
             raise CommandRefused(f"health check failed: the model does not run ({exc})") from None
         budget = (candidate.bundle.profile.get("budgets") or {}).get("max_latency_ms")
         if isinstance(budget, int | float) and budget > 0 and latency > budget:
-            raise CommandRefused(f"health check failed: {latency:.3g} ms per frame is over the "
+            shown = f"{latency:.1f}" if latency >= 10 else f"{latency:.3g}"
+            raise CommandRefused(f"health check failed: {shown} ms per frame is over the "
                                  f"profile's {budget} ms budget")
         return latency

@@ -190,7 +190,7 @@ def _unpack(archive: Path, state_dir: Path | None, trusted_keys: Sequence[Path])
 
 def _copy_from(tensor: np.ndarray) -> Any:
     def fill(buffer: np.ndarray) -> None:
-        np.copyto(buffer, tensor)
+        np.copyto(buffer, tensor, casting="unsafe")  # as preprocessing in place would write it
 
     return fill
 

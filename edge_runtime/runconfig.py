@@ -16,38 +16,46 @@ HINT_FLAGS = ("labels", "task", "input_mean", "input_std", "color")
 
 
 def build_config(config_path: Path | None, flags: dict[str, Any]) -> DaemonConfig:
-    """The config from ``config_path`` with the flags laid over it, or from the flags alone."""
-    if config_path is not None:
-        flags = _absolute_paths(flags)
+    """The config from ``config_path`` with the flags laid over it, or from the flags alone.
 
-    def overlay(data: dict[str, Any]) -> None:
+    The file is validated on its own first, so its errors name its lines; what the flags then
+    change is checked as ``options``. Paths in flags are relative to the working directory.
+    """
+    if config_path is None:
+        data: dict[str, Any] = {}
         _apply_device_flags(data, flags)
-        _apply_pipeline_flags(data, flags, from_file=config_path is not None)
+        _apply_pipeline_flags(data, flags, from_file=False)
+        return _validate(data)
+    from_file = _load_file(config_path, flags)
+    bases = {p.name: p.base_dir for p in from_file.pipelines}
+    data = from_file.model_dump(exclude_unset=True)
+    _apply_device_flags(data, flags)
+    target = _apply_pipeline_flags(data, flags, from_file=True)
+    config = _validate(data)
+    for pipeline in config.pipelines:
+        flagged = pipeline.name == target and _given(flags, "source")
+        pipeline._base_dir = None if flagged else bases.get(pipeline.name)
+    return config
 
-    if config_path is not None:
-        return load_config(config_path, overlay)
-    data: dict[str, Any] = {}
-    overlay(data)
+
+def _load_file(path: Path, flags: dict[str, Any]) -> DaemonConfig:
+    """The file, validated; one without pipelines is complete when the flags give one."""
+    if not (_given(flags, "bundle") and _given(flags, "source")):
+        return load_config(path)
+
+    def from_flags(data: dict[str, Any]) -> None:
+        if not data.get("pipelines"):
+            data["pipelines"] = [{"name": flags.get("pipeline_name") or "default",
+                                  "bundle": flags["bundle"], "source": flags["source"]}]
+
+    return load_config(path, from_flags)
+
+
+def _validate(data: dict[str, Any]) -> DaemonConfig:
     try:
         return DaemonConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_errors("options", None, exc, DaemonConfig)) from None
-
-
-def _absolute_paths(flags: dict[str, Any]) -> dict[str, Any]:
-    """Flags' paths are relative to the working directory, the file's to the file's folder."""
-    flags = dict(flags)
-    for key in ("bundle", "labels", "mqtt_ca"):
-        if _given(flags, key):
-            flags[key] = str(Path(flags[key]).expanduser().absolute())
-    if _given(flags, "trusted_keys"):
-        flags["trusted_keys"] = [str(Path(k).expanduser().absolute()) for k in flags["trusted_keys"]]
-    source = flags.get("source")
-    if isinstance(source, str) and source and "://" not in source:
-        path = Path(source).expanduser()
-        if not path.is_absolute() and path.exists():
-            flags["source"] = str(path.absolute())
-    return flags
 
 
 def _given(flags: dict[str, Any], key: str) -> bool:
@@ -70,19 +78,21 @@ def _apply_device_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:
 
 
 def _apply_pipeline_flags(data: dict[str, Any], flags: dict[str, Any], *, from_file: bool,
-                          ) -> None:
-    given = data.get("pipelines")
-    pipelines: list[dict[str, Any]] = list(given) if isinstance(given, list) else []
+                          ) -> str | None:
+    """Lay the pipeline flags over the pipeline they name; return its name (None: no flags)."""
+    pipelines: list[dict[str, Any]] = list(data.get("pipelines") or [])
     wanted = [k for k in (*PIPELINE_FLAGS, *HINT_FLAGS) if _given(flags, k)]
     name = flags.get("pipeline_name")
     target = next((p for p in pipelines if p.get("name", "default") == (name or "default")),
                   None)
     if target is None and from_file and name is None and len(pipelines) == 1:
         target = pipelines[0]
+    if not wanted:
+        data["pipelines"] = pipelines
+        if not from_file and not pipelines:
+            raise ConfigError("give --bundle and --source (or --config FILE)")
+        return None
     if target is None:
-        if from_file and not wanted:
-            data["pipelines"] = pipelines
-            return
         if from_file and len(pipelines) > 1 and name is None:
             raise ConfigError("the config has several pipelines; say which with --pipeline")
         target = {"name": name or "default"}
@@ -99,6 +109,7 @@ def _apply_pipeline_flags(data: dict[str, Any], flags: dict[str, Any], *, from_f
     if not target.get("bundle") or not target.get("source"):
         raise ConfigError("give --bundle and --source (or --config FILE)")
     data["pipelines"] = pipelines
+    return str(target.get("name", "default"))
 
 
 def _number_list(text: str) -> float | list[float]:

@@ -21,6 +21,7 @@ One connection serves all threads behind a lock: ``append`` runs on the pipeline
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -103,27 +104,36 @@ class Outbox:
         qos: int = 1,
         retain: bool = False,
     ) -> int:
-        """Number the next message of ``stream``, build it and store it, all in one transaction.
+        """Number the next message of ``stream``, build it and store it in one transaction.
 
         ``build(seq)`` makes the payload; if it raises, nothing is stored and the number is not
-        used. Returns the ``seq`` given.
+        used. If the database refuses the write (disk full, I/O error, locked past the busy
+        timeout), the sqlite3 error propagates and the number is spent, so the next message
+        stored shows the gap. Returns the ``seq`` given.
         """
         if qos not in (0, 1, 2):
             raise ValueError(f"MQTT QoS must be 0, 1 or 2, got {qos}")
-        with self._lock, self._transaction():
+        with self._lock:
             seq = self._last_seq.get(stream, 0) + 1
             payload = build(seq)
-            self._make_room(len(payload))
-            self._db.execute(
-                "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
-                "ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
-                (stream, seq),
-            )
-            self._db.execute(
-                "INSERT INTO outbox (stream, seq, topic, payload, qos, retain) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (stream, seq, topic, payload, qos, int(retain)),
-            )
+            dropped = self.dropped
+            try:
+                with self._transaction():
+                    self._make_room(len(payload))
+                    self._db.execute(
+                        "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
+                        "ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
+                        (stream, seq),
+                    )
+                    self._db.execute(
+                        "INSERT INTO outbox (stream, seq, topic, payload, qos, retain) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (stream, seq, topic, payload, qos, int(retain)),
+                    )
+            except sqlite3.Error:
+                self._last_seq[stream] = seq
+                self._after_rollback(dropped)
+                raise
             self._last_seq[stream] = seq
             self._depth += 1
             self._bytes += len(payload)
@@ -190,6 +200,12 @@ class Outbox:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+    def _after_rollback(self, dropped: int) -> None:
+        """The rows a failed transaction deleted are back: so are the counts."""
+        self.dropped = dropped
+        with contextlib.suppress(sqlite3.Error):
+            self._depth, self._bytes = self._count()
 
     def _count(self) -> tuple[int, int]:
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM outbox")

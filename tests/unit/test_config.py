@@ -3,6 +3,7 @@ merge into it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from edge_runtime.config import DaemonConfig, load_config
 from edge_runtime.runconfig import build_config, check_config_file
+from edge_runtime.sources import SourceOptions, open_source
 from edge_runtime.yamlconfig import ConfigError, did_you_mean
 
 BASE = """\
@@ -277,8 +279,40 @@ def test_flags_complete_a_file_that_has_no_pipelines(tmp_path: Path, monkeypatch
     (pipeline,) = config.pipelines
     assert config.device_id == "pi-9" and config.mqtt.url == "mqtt://broker.local:1884"
     # Flags' relative paths are read from the working directory, not from the config's folder.
-    assert pipeline.bundle == work / "m.tflite"
-    assert pipeline.source == str(work / "frames")
+    assert pipeline.bundle == Path("m.tflite") and pipeline.base_dir is None
+    assert open_source(pipeline.source, SourceOptions(base_dir=pipeline.base_dir)).kind == "images"
+
+
+def test_a_relative_csv_source_flag_is_read_from_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    path = write(conf, "pipelines:\n  - bundle: m.tflite\n    source: /dev/video0\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "r.csv").write_text("1,2\n3,4\n")
+    monkeypatch.chdir(tmp_path)
+    (pipeline,) = build_config(path, flags(source="csv:data/r.csv")).pipelines
+    assert pipeline.bundle == conf.resolve() / "m.tflite"  # still the file's, from its folder
+    open_source(pipeline.source, SourceOptions(base_dir=pipeline.base_dir))
+
+
+@pytest.mark.parametrize(("text", "given", "where"), [
+    ("pipelines: [oops]\n", {"fps": 2.0}, "line 1: pipelines[0]"),
+    ("mqtt: mqtt://host\n" + BASE.split("\n", 3)[3], {"mqtt_url": "mqtt://h:1"}, "line 1: mqtt"),
+    ("trusted_keys: /etc/k.pub\n" + BASE, {"trusted_keys": (Path("/k/b.pub"),)},
+     "line 1: trusted_keys"),
+    ("pipelines:\n  - bundle: b\n", {"fps": 2.0}, "line 2: pipelines[0].source"),
+])
+def test_a_broken_file_is_reported_by_line_even_with_flags(tmp_path: Path, text: str,
+                                                           given: dict[str, Any],
+                                                           where: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        build_config(write(tmp_path, text), flags(**given))
+
+
+def test_a_bad_flag_over_a_good_file_is_blamed_on_the_options(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"options.*pipelines\[0\]\.fps"):
+        build_config(write(tmp_path, BASE), flags(fps=0.0))
 
 
 def test_a_file_without_pipelines_or_flags_names_the_missing_key(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -405,3 +406,33 @@ def test_sender_drops_a_message_the_broker_refuses(outbox: Outbox) -> None:
         sender.acked_mid(2)
         wait_until(lambda: outbox.depth() == 0)
         assert (sender.acked, sender.rejected) == (2, 1)
+
+
+class RefusingDisk:
+    """The outbox's real connection, except that storing a message fails while ``full``."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db, self.full = db, False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if self.full and sql.startswith("INSERT INTO outbox"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+def test_a_refused_write_spends_its_seq_and_leaves_the_outbox_as_it_was(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_messages=3) as box:
+        disk = RefusingDisk(box._db)
+        box._db = disk  # type: ignore[assignment]
+        assert [box.append("s", "t", lambda seq: b"x" * 10) for _ in range(3)] == [1, 2, 3]
+        disk.full = True
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            box.append("s", "t", lambda seq: b"x" * 10)  # would first drop the oldest to fit
+        assert (box.depth(), box.dropped) == (3, 0)
+        assert [item.seq for item in box.peek(10)] == [1, 2, 3]
+        disk.full = False
+        assert box.append("s", "t", lambda seq: b"x" * 10) == 5  # the gap shows the loss
+        assert [item.seq for item in box.peek(10)] == [2, 3, 5] and box.dropped == 1
