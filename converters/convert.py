@@ -113,8 +113,8 @@ def convert(opts: ConvertOptions, log: Log = print) -> list[ProfileResult]:
 
 def _all_or_nothing(opts: ConvertOptions, prep: Prepared, profiles: list[Profile], name: str,
                     log: Log) -> list[ProfileResult]:
-    """Several profiles: bundles are staged beside ``--out`` and move in only once every
-    profile converted, so a failure in the last one leaves ``--out`` as it was."""
+    """Several profiles: bundles are staged in a hidden folder inside ``--out`` and move in only
+    once every profile converted, so a failure in the last one leaves ``--out`` as it was."""
     created = not opts.out.exists()
     opts.out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".edge-convert-", dir=opts.out))
