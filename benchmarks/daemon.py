@@ -22,7 +22,11 @@ The model, calibration frames, bundle and video are made once under ``.cache/ben
 
     python benchmarks/daemon.py [--frames 300] [--threads 2] [--rounds 5] [--fps 25]
                                 [--latency-frames 150] [--no-tensorflow] [--rebuild]
-                                [--json PATH]
+                                [--cold-cache] [--json PATH]
+
+``--cold-cache`` (root) empties the page cache before each daemon run, as after a reboot: shared
+libraries installed moments ago sit in the cache in large folios on recent kernels, and mapping
+them then counts much more of each library as resident.
 """
 
 from __future__ import annotations
@@ -498,8 +502,20 @@ class DaemonRun:
                 - a.payload["timing_ms"]["inference"] for a in self.steady_part()]
 
 
+def drop_page_cache() -> None:
+    """Empty the kernel's page cache (root only), so that the next process reads its libraries
+    from disk as on a freshly booted board. Files written recently (a fresh ``pip install``) sit
+    in the cache in large folios, and a process mapping them counts far more of each library as
+    resident than one that reads it cold."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"--cold-cache needs root: {exc}") from None
+
+
 def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, frames: int,
-               threads: int, fps: float | None = None) -> DaemonRun:
+               threads: int, fps: float | None = None, cold: bool = False) -> DaemonRun:
     device = f"bench-{uuid.uuid4().hex[:6]}"
     host, port = broker
     with tempfile.TemporaryDirectory() as state:
@@ -513,6 +529,8 @@ def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, f
             command += ["--fps", f"{fps:g}"]
         if frames > VIDEO_FRAMES:
             command.append("--loop")
+        if cold:
+            drop_page_cache()
         child = run_monitored(command)
     if child.exit_code != 0:
         raise SystemExit(f"edge-runtime exited with {child.exit_code}")
@@ -586,6 +604,8 @@ def measure(args: argparse.Namespace, assets: Assets) -> dict[str, Any]:
     figures = {key: statistics.median(r["figures"][key] for r in rounds)
                for key in rounds[0]["figures"]}
     if args.tensorflow:
+        if args.cold_cache:
+            drop_page_cache()
         rss = tensorflow_rss(assets.model, args.threads)
         if rss is not None:
             figures["tensorflow_peak_rss_mb"] = rss / 2**20
@@ -596,10 +616,11 @@ def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
                   broker: tuple[str, int], arrivals: Arrivals) -> dict[str, Any]:
     bare = bare_loop(assets.model, tensor, args.threads, args.frames)
     in_process = model_loop(assets, args.threads, args.frames)
-    run = run_daemon(assets, broker, arrivals, frames=args.frames, threads=args.threads)
+    run = run_daemon(assets, broker, arrivals, frames=args.frames, threads=args.threads,
+                     cold=args.cold_cache)
     daemon = run.steady()
     paced = run_daemon(assets, broker, arrivals, frames=args.latency_frames,
-                       threads=args.threads, fps=args.fps)
+                       threads=args.threads, fps=args.fps, cold=args.cold_cache)
     overhead = paced.overhead_ms()
     figures = {"bare_invokes_per_s": bare.per_s, "daemon_results_per_s": daemon.per_s,
                "throughput_ratio": daemon.per_s / bare.per_s,
@@ -672,6 +693,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-tensorflow", dest="tensorflow", action="store_false",
                         help="skip the TensorFlow comparison")
     parser.add_argument("--rebuild", action="store_true", help="remake the cached assets")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="empty the page cache before each daemon and TensorFlow run, as "
+                             "after a reboot (root only)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     if min(args.rounds, args.threads) < 1 or args.fps <= 0:
