@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing a backend, measuring import cost.
+"""Helpers shared by the benchmark scripts: timing a backend, measuring import cost, a
+throw-away Mosquitto.
 
 Numbers from a workstation say little about a board (int8 is often slower than float32 under
 XNNPACK on x86 without VNNI); report them as measured where they were measured.
@@ -9,7 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +77,15 @@ def import_cost(*modules: str) -> dict[str, float]:
                           capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+@contextmanager
+def mosquitto() -> Iterator[tuple[str, int]]:
+    """A throw-away Mosquitto on a free loopback port: (host, port)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+    from mosquitto import Mosquitto, mosquitto_available
+
+    if not mosquitto_available():
+        raise SystemExit("Mosquitto is not installed (/usr/sbin/mosquitto)")
+    with tempfile.TemporaryDirectory() as work, Mosquitto(Path(work)) as server:
+        yield server.host, server.port

@@ -45,8 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from typing import Any
 import cv2
 import numpy as np
 import paho.mqtt.client as paho
+from common import mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,18 +390,6 @@ class Arrivals:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@contextmanager
-def mosquitto() -> Iterator[tuple[str, int]]:
-    """A throw-away Mosquitto on a free loopback port: (host, port)."""
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    from mosquitto import Mosquitto, mosquitto_available
-
-    if not mosquitto_available():
-        raise SystemExit("Mosquitto is not installed (/usr/sbin/mosquitto)")
-    with tempfile.TemporaryDirectory() as work, Mosquitto(Path(work)) as server:
-        yield server.host, server.port
 
 
 # ----- the measurements -----------------------------------------------------------------------

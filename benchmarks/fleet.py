@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from common import mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from converters.deploy import deploy
@@ -163,17 +164,6 @@ def watching(host: str, port: int) -> Iterator[Watch]:
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-@contextmanager
-def mosquitto() -> Iterator[tuple[str, int]]:
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    from mosquitto import Mosquitto, mosquitto_available
-
-    if not mosquitto_available():
-        raise SystemExit("Mosquitto is not installed (/usr/sbin/mosquitto)")
-    with tempfile.TemporaryDirectory() as work, Mosquitto(Path(work)) as server:
-        yield server.host, server.port
 
 
 # ----- the fleet ---------------------------------------------------------------------------------
