@@ -37,9 +37,9 @@ Figures:
   daemon's own ``Outbox``), ``seq``\\ s 1..N the subscriber never received (missing) and
   messages it received more than once (duplicates: allowed, a message in flight when the broker
   went away is sent again), and the daemon's last metrics message (published on its way out,
-  before the final drain: reconnects, messages published and acknowledged until then, and the
-  pipeline's frame counters; a result the outbox could not store is skipped without using a
-  ``seq``, so its ``unstored`` count also counts as lost).
+  after the final drain: reconnects, messages published and acknowledged, and the pipeline's
+  frame counters; a result the outbox could not store is skipped and its ``seq`` spent, so it
+  shows as missing and in the ``unstored`` count).
 
 Goals (from the requirement): RSS after warm-up grows < 5 %, the outbox drains to zero, nothing
 is lost. They are reported, not enforced: the script exits 0 whatever the figures, and non-zero
@@ -405,7 +405,7 @@ def summarise(args: argparse.Namespace, run: Run, tally: Tally, others: dict[str
     missing = tally.missing(args.frames)
     metrics = tally.last_metrics or {}
     frames = ((metrics.get("pipelines") or {}).get(PIPELINE) or {}).get("frames") or {}
-    # A result the outbox refused is skipped without taking a seq: only this counter shows it.
+    # A result the outbox refused is skipped and its seq spent; the counter says why it is missing.
     unstored = int(frames.get("unstored", 0))
     nothing_lost = (missing == 0 and run.made == args.frames and run.dropped_after_exit == 0
                     and unstored == 0)

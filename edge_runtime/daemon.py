@@ -161,8 +161,9 @@ class Daemon:
         self.control.dispatcher.stop()
         deadline = time.monotonic() + drain_s
         self._await_broker(deadline)
-        self.publish_metrics()
-        left = self.link.stop(drain_timeout=max(0.0, deadline - time.monotonic()))
+        # The final metrics go out after the drain, so they count what was delivered.
+        left = self.link.stop(drain_timeout=max(0.0, deadline - time.monotonic()),
+                              before_offline=self.publish_metrics)
         if left:
             log.warning("%d result(s) not yet acknowledged stay in the outbox for next time", left)
         self.outbox.close()

@@ -160,8 +160,10 @@ class MqttLink:
         """The outbox has new messages."""
         self._sender.wake()
 
-    def stop(self, drain_timeout: float = 5.0) -> int:
-        """Drain, publish the retained ``offline`` status, disconnect.
+    def stop(self, drain_timeout: float = 5.0,
+             before_offline: Callable[[], object] | None = None) -> int:
+        """Drain, call ``before_offline`` (a last message while still connected), publish the
+        retained ``offline`` status, disconnect.
 
         Returns the number of messages left in the outbox (they are sent on the next start).
         """
@@ -170,6 +172,11 @@ class MqttLink:
         self._drain(drain_timeout)
         self._sender.stop()
         self._sender_thread.join()
+        if before_offline is not None:
+            try:
+                before_offline()
+            except Exception:
+                log.exception("the last message before going offline failed")
         self._stopping = True
         with self._status_lock:
             self._status = ("offline", {"reason": "stopped"})
