@@ -43,6 +43,7 @@ Log = Callable[[str], None]
 RECOVERY_FRACTIONS = (0.1, 0.25)
 ONE_CLASS_SHARE = 0.9        # a float model giving one class this often is suspect
 ONE_CLASS_MIN_SAMPLES = 20
+INPUT_OUTSIDE_SHARE = 0.05   # of input values the int8 input range may clip
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -323,10 +324,27 @@ def convert_profile(opts: ConvertOptions, prep: Prepared, profile: Profile, name
     )
     bundle, manifest = write_bundle(parts, out, log)
     notes += _budget_notes(profile, run)
-    one_class = one_class_note(prep)
-    if one_class:
-        notes.append(one_class)
+    notes += [n for n in (one_class_note(prep), input_range_note(prep, run.input_spec)) if n]
     return ProfileResult(profile.name, bundle, manifest, passed, notes)
+
+
+def input_range_note(prep: Prepared, spec: InputSpec, limit: int = 64) -> str | None:
+    """An integer input whose range misses much of the real data: the calibration data did not
+    look like it (e.g. dark frames), and keeping layers in float cannot fix the input."""
+    if not spec.quantized or len(prep.evaluation) == 0:
+        return None
+    info = np.iinfo(np.dtype(spec.dtype))
+    low = (info.min - spec.zero_point) * spec.scale
+    high = (info.max - spec.zero_point) * spec.scale
+    sample = prep.evaluation.subset(range(min(limit, len(prep.evaluation))))
+    values = preprocess_batch(sample.items, spec.with_quantization("float32", 0.0, 0))
+    margin = spec.scale / 2
+    outside = float(np.mean((values < low - margin) | (values > high + margin)))
+    if outside < INPUT_OUTSIDE_SHARE:
+        return None
+    return (f"the {spec.dtype} input covers [{low:.3g}, {high:.3g}] but {outside:.0%} of the "
+            f"{prep.eval_basis} input values fall outside it (they span [{values.min():.3g}, "
+            f"{values.max():.3g}]): calibrate on data like the real inputs")
 
 
 def one_class_note(prep: Prepared) -> str | None:

@@ -39,14 +39,28 @@ def build_config(config_path: Path | None, flags: dict[str, Any]) -> DaemonConfi
 
 
 def _load_file(path: Path, flags: dict[str, Any]) -> DaemonConfig:
-    """The file, validated; one without pipelines is complete when the flags give one."""
-    if not (_given(flags, "bundle") and _given(flags, "source")):
+    """The file, validated. What the flags will give may be missing from it: no pipelines at
+    all, or the flags' pipeline without its bundle or source (a template)."""
+    given = {key: flags[key] for key in ("bundle", "source") if _given(flags, key)}
+    if not given:
         return load_config(path)
 
     def from_flags(data: dict[str, Any]) -> None:
-        if not data.get("pipelines"):
-            data["pipelines"] = [{"name": flags.get("pipeline_name") or "default",
-                                  "bundle": flags["bundle"], "source": flags["source"]}]
+        pipelines = data.get("pipelines")
+        if pipelines is None or pipelines == []:
+            if len(given) == 2:
+                data["pipelines"] = [{"name": flags.get("pipeline_name") or "default", **given}]
+            return
+        if not isinstance(pipelines, list):
+            return
+        name = flags.get("pipeline_name")
+        mappings = [p for p in pipelines if isinstance(p, dict)]
+        named = [p for p in mappings if p.get("name", "default") == (name or "default")]
+        target = named[0] if named else (mappings[0] if name is None and len(pipelines) == 1
+                                         else None)
+        if target is not None:
+            for key, value in given.items():
+                target.setdefault(key, value)
 
     return load_config(path, from_flags)
 
@@ -99,17 +113,26 @@ def _apply_pipeline_flags(data: dict[str, Any], flags: dict[str, Any], *, from_f
         pipelines.append(target)
     for flag, key in PIPELINE_FLAGS.items():
         if _given(flags, flag):
-            target[key] = flags[flag]
+            target[key] = _expanded(flag, flags[flag])
     hints = dict(target.get("model") or {})
     for flag in HINT_FLAGS:
         if _given(flags, flag):
-            hints[flag] = _number_list(flags[flag]) if flag.startswith("input_") else flags[flag]
+            hints[flag] = (_number_list(flags[flag]) if flag.startswith("input_")
+                           else _expanded(flag, flags[flag]))
     if hints:
         target["model"] = hints
     if not target.get("bundle") or not target.get("source"):
         raise ConfigError("give --bundle and --source (or --config FILE)")
     data["pipelines"] = pipelines
     return str(target.get("name", "default"))
+
+
+def _expanded(flag: str, value: Any) -> Any:
+    """``~`` in a path flag, as a shell would have expanded it unquoted."""
+    if flag in ("bundle", "labels") or (flag == "source" and str(value).startswith("~")):
+        expanded = Path(str(value)).expanduser()
+        return expanded if isinstance(value, Path) else str(expanded)
+    return value
 
 
 def _number_list(text: str) -> float | list[float]:

@@ -116,10 +116,10 @@ class Outbox:
         with self._lock:
             seq = self._last_seq.get(stream, 0) + 1
             payload = build(seq)
-            dropped = self.dropped
+            counts = (self._depth, self._bytes)
             try:
                 with self._transaction():
-                    self._make_room(len(payload))
+                    made_room = self._make_room(len(payload))
                     self._db.execute(
                         "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
                         "ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
@@ -130,13 +130,16 @@ class Outbox:
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (stream, seq, topic, payload, qos, int(retain)),
                     )
-            except sqlite3.Error:
-                self._last_seq[stream] = seq
-                self._after_rollback(dropped)
+            except BaseException as exc:
+                self._depth, self._bytes = counts  # the rows it deleted are back
+                if isinstance(exc, sqlite3.Error):
+                    self._last_seq[stream] = seq
                 raise
             self._last_seq[stream] = seq
             self._depth += 1
             self._bytes += len(payload)
+            if made_room:
+                self._note_drops(made_room)
         return seq
 
     def peek(self, limit: int, after_id: int = 0) -> list[OutboxItem]:
@@ -201,12 +204,6 @@ class Outbox:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
-    def _after_rollback(self, dropped: int) -> None:
-        """The rows a failed transaction deleted are back: so are the counts."""
-        self.dropped = dropped
-        with contextlib.suppress(sqlite3.Error):
-            self._depth, self._bytes = self._count()
-
     def _count(self) -> tuple[int, int]:
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM outbox")
         depth, size = row.fetchone()
@@ -216,20 +213,21 @@ class Outbox:
         self._depth -= len(sizes)
         self._bytes -= sum(size for (size,) in sizes)
 
-    def _make_room(self, incoming: int) -> None:
-        """Drop the oldest rows until one more message of ``incoming`` bytes fits the bounds."""
+    def _make_room(self, incoming: int) -> int:
+        """Drop the oldest rows until one more message of ``incoming`` bytes fits the bounds;
+        return how many (counted as dropped once the transaction commits)."""
         excess_rows = self._depth + 1 - self.max_messages
         excess_bytes = self._bytes + incoming - self.max_bytes
         if excess_rows <= 0 and excess_bytes <= 0:
-            return
+            return 0
         last_id = self._last_id_to_drop(excess_rows, excess_bytes)
         if last_id is None:
-            return
+            return 0
         sizes = self._db.execute(
             "DELETE FROM outbox WHERE id <= ? RETURNING length(payload)", (last_id,)
         ).fetchall()
         self._forget(sizes)
-        self._note_drops(len(sizes))
+        return len(sizes)
 
     def _last_id_to_drop(self, excess_rows: int, excess_bytes: int) -> int | None:
         last_id: int | None = None
@@ -259,7 +257,11 @@ class Outbox:
 
 
 class _Transaction:
-    """BEGIN … COMMIT, or ROLLBACK when the body raises."""
+    """BEGIN … COMMIT, or ROLLBACK when the body or the COMMIT raises.
+
+    SQLite may have rolled back by itself already (a full disk does), and a COMMIT refused as
+    busy leaves the transaction open: either way the connection ends outside any transaction,
+    and the error that caused it is the one raised."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -273,7 +275,19 @@ class _Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
 
 def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
@@ -295,7 +309,10 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     # Autocommit mode: transactions are explicit, so each append/ack is exactly one commit.
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("outbox %s: this filesystem cannot do WAL (journal mode %s); a reader "
+                        "can now block writes", path, mode)
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         # A queue reads little back: a small page cache keeps the daemon's memory flat on small

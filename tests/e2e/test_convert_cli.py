@@ -442,6 +442,7 @@ def test_black_calibration_fails_the_gate_and_recovery_is_recorded(
     assert recovery["attempted"] is True and recovery["recovered"] is False
     assert recovery["attempts"] and all(a["float_layers"] for a in recovery["attempts"])
     assert "FAIL" in result.stdout and "recovery failed" in result.stdout
+    assert "calibrate on data like the real inputs" in result.stdout
     accuracy, _ = independent_accuracy(bundle / "model.tflite", digits / "images" / "val",
                                        labels_of(digits))
     assert manifest["metrics"]["int8_accuracy"] == pytest.approx(accuracy, abs=1e-4)

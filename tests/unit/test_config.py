@@ -334,3 +334,25 @@ def test_a_relative_source_and_labels_are_read_beside_the_config(tmp_path: Path,
     assert config.trusted_keys == [tmp_path.resolve() / "keys" / "a.pub"]
     (line,) = check_config_file(path)
     assert "ok" in line
+
+
+def test_flags_fill_in_what_a_template_pipeline_leaves_out(tmp_path: Path) -> None:
+    path = write(tmp_path, "pipelines:\n  - name: cam\n    bundle: m.tflite\n")
+    (cam,) = build_config(path, flags(source="/dev/video0")).pipelines
+    assert (cam.name, cam.source, cam.bundle) == ("cam", "/dev/video0", tmp_path / "m.tflite")
+    with pytest.raises(ConfigError, match=r"line 2: pipelines\[0\]\.source"):
+        build_config(path, flags(fps=2.0))
+
+
+def test_pipelines_that_are_not_a_list_are_refused_even_with_flags(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="line 1: pipelines"):
+        build_config(write(tmp_path, "pipelines: {}\n"), flags(bundle=Path("m"), source="s"))
+
+
+def test_a_tilde_in_path_flags_means_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = build_config(write(tmp_path, BASE), flags(bundle=Path("~/m.tflite"),
+                                                       source="~/frames", labels=Path("~/l.txt")))
+    (door,) = config.pipelines
+    assert door.bundle == tmp_path / "m.tflite" and door.source == str(tmp_path / "frames")
+    assert door.model.labels == tmp_path / "l.txt"

@@ -1,4 +1,5 @@
-"""A classifier that gives one class to nearly everything is pointed out in the summary."""
+"""Summary notes on what the numbers cannot show: a classifier that gives one class to nearly
+everything, an integer input range that misses the data."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.convert import Prepared, one_class_note
+from converters.convert import Prepared, input_range_note, one_class_note
 from converters.data import Dataset
 from converters.verify import ModelRun
 from edge_runtime.preprocess import InputSpec
@@ -47,3 +48,20 @@ def test_unlabelled_data_and_other_tasks() -> None:
     assert one_class_note(prepared(np.full(50, 4), None)) is not None
     assert one_class_note(prepared(np.full(50, 4), None, task="regression")) is None
     assert one_class_note(prepared(np.full(10, 4), None)) is None  # too few to tell
+
+
+def gray_frames(values: list[int]) -> Prepared:
+    prep = prepared(np.arange(len(values)) % 10, None)
+    prep.evaluation.items = [np.full((8, 8), v, np.uint8) for v in values]
+    return prep
+
+
+def test_an_input_range_that_misses_the_data_is_named() -> None:
+    prep = gray_frames([0, 64, 128, 255] * 10)  # (pixel - 0) / 255: 0 … 1
+    dark = InputSpec(shape=(1, 8, 8, 1), dtype="int8", color="GRAY", std=(255.0,), scale=0.001,
+                     zero_point=-128)
+    note = input_range_note(prep, dark)
+    assert note is not None and "int8 input covers [0, 0.255]" in note and "50% of the" in note
+    fitting = dark.with_quantization("int8", 1 / 255, -128)
+    assert input_range_note(prep, fitting) is None
+    assert input_range_note(prep, dark.with_quantization("float32", 0.0, 0)) is None

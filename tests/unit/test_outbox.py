@@ -436,3 +436,18 @@ def test_a_refused_write_spends_its_seq_and_leaves_the_outbox_as_it_was(tmp_path
         disk.full = False
         assert box.append("s", "t", lambda seq: b"x" * 10) == 5  # the gap shows the loss
         assert [item.seq for item in box.peek(10)] == [2, 3, 5] and box.dropped == 1
+
+
+def test_a_really_full_database_reports_itself_and_recovers(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_messages=3) as box:
+        for _ in range(3):
+            box.append("s", "t", lambda seq: b"x" * 100)
+        pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+        box._db.execute(f"PRAGMA max_page_count={pages}")  # the disk is full now
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            box.append("s", "t", lambda seq: b"y" * 200_000)
+        assert not box._db.in_transaction
+        assert (box.depth(), box.dropped) == (3, 0)
+        box._db.execute("PRAGMA max_page_count=1073741823")
+        assert box.append("s", "t", lambda seq: b"z") == 5
+        assert [item.seq for item in box.peek(10)] == [2, 3, 5] and box.dropped == 1
