@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from daemon_helpers import Mosquitto, missing, run_cli, seqs, top_label
+from test_convert_cli import independent_accuracy, tensor_dtypes
 from test_daemon_cli import Run, run_to_end
 
 from edge_runtime.preprocess import InputSpec, preprocess_batch
@@ -200,38 +201,10 @@ def final_frames(run: Run) -> dict[str, Any]:
     return frames
 
 
-def tensor_dtypes(model: Path) -> set[str]:
-    interp = Interpreter(model_path=str(model))
-    return {np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
-
-
 def io_dtypes(model: Path) -> tuple[str, str]:
     interp = Interpreter(model_path=str(model))
     return (np.dtype(interp.get_input_details()[0]["dtype"]).name,
             np.dtype(interp.get_output_details()[0]["dtype"]).name)
-
-
-def independent_accuracy(model: Path, images: Path, labels: list[str], mean: float,
-                         std: float) -> tuple[float, int]:
-    """Top-1 accuracy of a quantized gray model on class folders, preprocessing written out here."""
-    interp = Interpreter(model_path=str(model))
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    _, height, width, _ = (int(v) for v in inp["shape"])
-    scale, zero = inp["quantization"]
-    limits = np.iinfo(inp["dtype"])
-    correct = total = 0
-    for index, label in enumerate(labels):
-        for path in sorted((images / label).glob("*.png")):
-            gray = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2GRAY)
-            small = cv2.resize(gray, (width, height), interpolation=cv2.INTER_LINEAR)
-            real = (small.astype(np.float64) - mean) / std
-            quantized = np.clip(np.round(real / scale) + zero, limits.min, limits.max)
-            interp.set_tensor(inp["index"], quantized.astype(inp["dtype"]).reshape(inp["shape"]))
-            interp.invoke()
-            correct += int(np.argmax(interp.get_tensor(out["index"])) == index)
-            total += 1
-    return correct / total, total
 
 
 # ----- 1. an H.264 clip as the camera ---------------------------------------------------------
