@@ -107,15 +107,13 @@ def convert(opts: ConvertOptions, log: Log = print) -> list[ProfileResult]:
     name = opts.name or opts.model.stem or "model"
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
         prep = prepare(opts, labels, Path(tmp), log)
-        if len(profiles) == 1:
-            return [convert_profile(opts, prep, profiles[0], name, log, opts.out)]
         return _all_or_nothing(opts, prep, profiles, name, log)
 
 
 def _all_or_nothing(opts: ConvertOptions, prep: Prepared, profiles: list[Profile], name: str,
                     log: Log) -> list[ProfileResult]:
-    """Several profiles: bundles are staged in a hidden folder inside ``--out`` and move in only
-    once every profile converted, so a failure in the last one leaves ``--out`` as it was."""
+    """Bundles are staged in a hidden folder inside ``--out`` and move in only once every
+    profile converted, so a failure in the last one leaves ``--out`` as it was."""
     created = not opts.out.exists()
     opts.out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".edge-convert-", dir=opts.out))

@@ -109,8 +109,8 @@ class Letterbox:
     pad_y: float
     src_width: int
     src_height: int
-    input_width: int = 0   # the model input the boxes are normalised to (0: derive it)
-    input_height: int = 0
+    input_width: int   # the model input the boxes are normalised to
+    input_height: int
 
     def to_source(self, box: np.ndarray) -> np.ndarray:
         """Map boxes ``[..., (x0, y0, x1, y1)]`` normalised to the model input → source [0, 1]."""
@@ -120,13 +120,7 @@ class Letterbox:
 def letterbox_to_source(box: np.ndarray, lb: Letterbox, input_size: tuple[int, int] | None = None,
                         ) -> np.ndarray:
     """Undo a letterbox for boxes normalised to the model input (x0, y0, x1, y1)."""
-    if input_size is None and lb.input_width and lb.input_height:
-        in_w, in_h = float(lb.input_width), float(lb.input_height)
-    elif input_size is None:
-        in_w = lb.src_width * lb.scale_x + 2 * lb.pad_x
-        in_h = lb.src_height * lb.scale_y + 2 * lb.pad_y
-    else:
-        in_w, in_h = input_size
+    in_w, in_h = input_size if input_size is not None else (lb.input_width, lb.input_height)
     b = np.asarray(box, dtype=np.float32).copy()
     b[..., [0, 2]] = (b[..., [0, 2]] * in_w - lb.pad_x) / (lb.src_width * lb.scale_x)
     b[..., [1, 3]] = (b[..., [1, 3]] * in_h - lb.pad_y) / (lb.src_height * lb.scale_y)

@@ -53,16 +53,22 @@ def _load_file(path: Path, flags: dict[str, Any]) -> DaemonConfig:
             return
         if not isinstance(pipelines, list):
             return
-        name = flags.get("pipeline_name")
-        mappings = [p for p in pipelines if isinstance(p, dict)]
-        named = [p for p in mappings if p.get("name", "default") == (name or "default")]
-        target = named[0] if named else (mappings[0] if name is None and len(pipelines) == 1
-                                         else None)
+        target = _flag_target(pipelines, flags.get("pipeline_name"))
         if target is not None:
             for key, value in given.items():
                 target.setdefault(key, value)
 
     return load_config(path, from_flags)
+
+
+def _flag_target(pipelines: list[Any], name: str | None) -> dict[str, Any] | None:
+    """The pipeline the flags change: the one ``--pipeline`` names (``default`` when it names
+    none), or else the only one there is."""
+    mappings = [p for p in pipelines if isinstance(p, dict)]
+    named = next((p for p in mappings if p.get("name", "default") == (name or "default")), None)
+    if named is None and name is None and len(pipelines) == 1 and mappings:
+        return mappings[0]
+    return named
 
 
 def _validate(data: dict[str, Any]) -> DaemonConfig:
@@ -97,10 +103,7 @@ def _apply_pipeline_flags(data: dict[str, Any], flags: dict[str, Any], *, from_f
     pipelines: list[dict[str, Any]] = list(data.get("pipelines") or [])
     wanted = [k for k in (*PIPELINE_FLAGS, *HINT_FLAGS) if _given(flags, k)]
     name = flags.get("pipeline_name")
-    target = next((p for p in pipelines if p.get("name", "default") == (name or "default")),
-                  None)
-    if target is None and from_file and name is None and len(pipelines) == 1:
-        target = pipelines[0]
+    target = _flag_target(pipelines, name)
     if not wanted:
         data["pipelines"] = pipelines
         if not from_file and not pipelines:

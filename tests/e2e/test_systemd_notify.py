@@ -202,6 +202,20 @@ def in_process_config(digits: Path, bundle: Path, state_dir: Path) -> DaemonConf
     })
 
 
+@contextlib.contextmanager
+def running(daemon: Daemon) -> Iterator[tuple[threading.Thread, list[int]]]:
+    """``daemon.run()`` on a thread, stopped and joined on the way out; the list receives the
+    exit code."""
+    exit_code: list[int] = []
+    runner = threading.Thread(target=lambda: exit_code.append(daemon.run()), daemon=True)
+    runner.start()
+    try:
+        yield runner, exit_code
+    finally:
+        daemon.request_stop()
+        runner.join(30)
+
+
 class HangingModel:
     """Wraps a model's ``run``: passes through until ``hang`` is set, then blocks until
     ``release``, the way a stuck accelerator would."""
@@ -234,26 +248,22 @@ def test_pings_stop_while_inference_hangs_though_the_main_loop_runs(
         pet()
 
     monkeypatch.setattr(daemon, "_pet_watchdog", counted_pet)
-    exit_code: list[int] = []
-    runner = threading.Thread(target=lambda: exit_code.append(daemon.run()), daemon=True)
-    runner.start()
-    try:
-        assert notify.wait_for("READY", 10)
-        assert notify.wait_for("WATCHDOG", 10, count=3)
-        hanging.hang.set()
-        assert hanging.entered.wait(10), "the pipeline never reached the model"
-        hung = time.monotonic()
-        time.sleep(2.5)
-        checked = time.monotonic()
-        assert pings_between(notify, hung + QUIET_AFTER_S, checked) == []
-        assert len([at for at in pets if at > hung + QUIET_AFTER_S]) >= 5, \
-            "the main loop stopped too, so this proves nothing about the pipeline check"
-        hanging.release.set()
-        assert notify.wait_for("WATCHDOG", 5, count=2, after=checked)
-    finally:
-        hanging.release.set()
-        daemon.request_stop()
-        runner.join(30)
+    with running(daemon) as (_, exit_code):
+        try:
+            assert notify.wait_for("READY", 10)
+            assert notify.wait_for("WATCHDOG", 10, count=3)
+            hanging.hang.set()
+            assert hanging.entered.wait(10), "the pipeline never reached the model"
+            hung = time.monotonic()
+            time.sleep(2.5)
+            checked = time.monotonic()
+            assert pings_between(notify, hung + QUIET_AFTER_S, checked) == []
+            assert len([at for at in pets if at > hung + QUIET_AFTER_S]) >= 5, \
+                "the main loop stopped too, so this proves nothing about the pipeline check"
+            hanging.release.set()
+            assert notify.wait_for("WATCHDOG", 5, count=2, after=checked)
+        finally:
+            hanging.release.set()
     assert exit_code == [0]
     assert notify.wait_for("STOPPING", 5)
 
@@ -273,15 +283,9 @@ def test_a_pipeline_that_dies_ends_the_daemon_with_a_failure(
         return run(data, prepared)
 
     monkeypatch.setattr(model, "run", failing)
-    exit_code: list[int] = []
-    runner = threading.Thread(target=lambda: exit_code.append(daemon.run()), daemon=True)
-    runner.start()
-    try:
+    with running(daemon) as (runner, exit_code):
         assert notify.wait_for("READY", 10)
         runner.join(40)
-    finally:
-        daemon.request_stop()
-        runner.join(30)
     assert exit_code == [1] and calls["n"] == 4
     assert "stopped by an unexpected error" in caplog.text
     assert "the accelerator went away" in caplog.text
