@@ -98,6 +98,28 @@ def test_writes_into_a_given_buffer() -> None:
     np.testing.assert_allclose(buffer, 1.0)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize(("mean", "std"), [
+    ((127.5,), (127.5,)),                           # one table for every channel
+    ((123.7, 116.3, 103.5), (58.4, 57.1, 57.4)),    # a table per channel
+])
+def test_quantized_colour_input_is_written_in_place_channel_by_channel(
+        dtype: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    np_dtype = np.dtype(dtype).type
+    scale, zero = (0.0187, -14) if dtype == "int8" else (0.0187, 114)
+    spec = InputSpec(shape=(1, 9, 11, 3), dtype=dtype, color="RGB", mean=mean, std=std,
+                     scale=scale, zero_point=zero)
+    image = gradient_bgr(9, 11)
+    buffer = np.zeros(spec.shape, np_dtype)
+    result = Preprocessor(spec)(image, out=buffer)
+    assert result is buffer
+    rgb = image[..., ::-1]
+    for c in range(3):
+        expected = quantize_reference(rgb[..., c], mean[c % len(mean)], std[c % len(std)],
+                                      scale, zero, np_dtype)
+        np.testing.assert_array_equal(buffer[0, ..., c], expected)
+
+
 def test_batch_equals_one_item_at_a_time() -> None:
     spec = InputSpec(shape=(1, 6, 6, 3), dtype="int8", mean=(127.5,), std=(127.5,),
                      scale=1 / 128, zero_point=0)
