@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,6 +49,15 @@ def looks_like_probabilities(scores: np.ndarray, scale: float = 0.0) -> bool:
     return bool(abs(float(scores.sum()) - 1.0) <= tolerance)
 
 
+def quantized_as_probabilities(info: OutputInfo) -> bool:
+    """TFLite quantizes every softmax and logistic output to [0, 1) with scale 1/256 (zero point
+    -128 in int8, 0 in uint8). Such an output holds probabilities whatever one frame's values
+    look like: several independent sigmoid scores need not sum to 1."""
+    if not math.isclose(info.scale, 1 / 256, rel_tol=1e-6):
+        return False
+    return (info.dtype, info.zero_point) in (("int8", -128), ("uint8", 0))
+
+
 def to_probabilities(scores: np.ndarray, mode: str | bool, scale: float = 0.0) -> np.ndarray:
     """Apply softmax (sigmoid for a single score) per ``mode``: "auto", True or False."""
     if mode is False or (mode == "auto" and looks_like_probabilities(scores, scale)):
@@ -81,6 +91,8 @@ def build_classification(outputs: Sequence[OutputInfo], labels: Sequence[str],
     reader.warn_unknown(PARAMS)
     top_k = reader.integer("top_k", 3, minimum=1)
     mode = _softmax_mode(reader)
+    if mode == "auto" and quantized_as_probabilities(outputs[0]):
+        mode = False  # decided once, rather than by checking every frame's scores
     scale = outputs[0].scale
     labels = tuple(labels)
 

@@ -59,6 +59,23 @@ def test_int8_softmax_output_is_dequantized_not_softmaxed_again() -> None:
     assert outcome.top_score == pytest.approx(probs[best], abs=scale)
 
 
+@pytest.mark.parametrize(("dtype", "zero_point"), [(np.int8, -128), (np.uint8, 0)])
+def test_independent_sigmoid_scores_quantized_as_probabilities_are_not_softmaxed(
+        dtype: type, zero_point: int) -> None:
+    """Several sigmoid outputs need not sum to 1; TFLite's [0, 1) quantization says what they
+    are."""
+    scores = np.array([0.9, 0.8, 0.1, 0.05], dtype=np.float32)
+    scale = 1 / 256
+    q = quantize(scores, scale, zero_point, dtype)[None, :]
+    info = OutputInfo("scores", (1, 4), np.dtype(dtype).name, scale, zero_point)
+    outcome = classify(q, info=info, top_k=4)
+    got = sorted(outcome.payload["predictions"], key=lambda p: p["index"])
+    assert [p["score"] for p in got] == pytest.approx(scores.tolist(), abs=scale)
+    # The same scores from a float output do not look like probabilities, and are softmaxed.
+    softened = classify(scores[None, :], top_k=1)
+    assert softened.top_score == pytest.approx(float(softmax(scores)[0]), abs=1e-4)
+
+
 def test_uint8_logits_are_dequantized_then_softmaxed() -> None:
     logits = np.array([1.0, 4.0, -2.0, 0.0], dtype=np.float32)
     scale, zero_point = 0.05, 128
