@@ -3,7 +3,9 @@
 Measured side by side in each round, with the same interpreter thread count:
 
 * bare loop: ``ai_edge_litert`` Interpreter, set_tensor + invoke + get_tensor on one
-  preprocessed frame → invokes/s and CPU per invoke;
+  preprocessed frame → invokes/s and CPU per invoke; run right before and right after the
+  daemon, and the ratio is taken to their mean (how much the two differ shows how steady the
+  machine was);
 * model loop: decode a video frame + ``LoadedModel.run`` (preprocess, invoke, post-process) in
   one thread, the daemon's per-frame code without its threads and delivery → frames/s;
 * the daemon: ``edge-runtime run --source video.mp4 --max-frames N`` as a child process against
@@ -567,6 +569,7 @@ INFO_ROWS = (
     ("bare_invokes_per_s", "bare invoke loop (invokes/s)", 1),
     ("model_loop_per_s", "decode + LoadedModel.run loop, one thread (frames/s)", 1),
     ("daemon_results_per_s", "daemon at the broker (results/s)", 1),
+    ("bare_drift_pct", "bare loop before vs after the daemon, difference (%)", 0),
     ("bare_cpu_ms", "bare loop CPU per invoke, all threads (ms)", 2),
     ("model_loop_cpu_ms", "decode + LoadedModel.run CPU per frame (ms)", 2),
     ("daemon_cpu_ms", "daemon CPU per result, all threads (ms)", 2),
@@ -602,16 +605,21 @@ def measure(args: argparse.Namespace, assets: Assets) -> dict[str, Any]:
 
 def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
                   broker: tuple[str, int], arrivals: Arrivals) -> dict[str, Any]:
-    bare = bare_loop(assets.model, tensor, args.threads, args.frames)
-    in_process = model_loop(assets, args.threads, args.frames)
+    # The bare loop runs right before and right after the daemon, and the ratio takes their
+    # mean: on a shared host the speed of the machine drifts within seconds.
+    before = bare_loop(assets.model, tensor, args.threads, args.frames)
     run = run_daemon(assets, broker, arrivals, frames=args.frames, threads=args.threads,
                      cold=args.cold_cache)
+    after = bare_loop(assets.model, tensor, args.threads, args.frames)
+    bare = LoopRate((before.per_s + after.per_s) / 2, (before.cpu_ms + after.cpu_ms) / 2)
     daemon = run.steady()
+    in_process = model_loop(assets, args.threads, args.frames)
     paced = run_daemon(assets, broker, arrivals, frames=args.latency_frames,
                        threads=args.threads, fps=args.fps, cold=args.cold_cache)
     overhead = paced.overhead_ms()
     figures = {"bare_invokes_per_s": bare.per_s, "daemon_results_per_s": daemon.per_s,
                "throughput_ratio": daemon.per_s / bare.per_s,
+               "bare_drift_pct": abs(before.per_s - after.per_s) / bare.per_s * 100,
                "first_result_s": run.first_result_s,
                "peak_rss_mb": max(run.child.peak_rss_bytes, paced.child.peak_rss_bytes) / 2**20,
                "peak_anon_rss_mb": max(run.child.peak_anon_bytes,
@@ -627,7 +635,8 @@ def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
 
 def _describe_round(r: dict[str, float]) -> str:
     return (f"bare {r['bare_invokes_per_s']:.1f}/s, daemon {r['daemon_results_per_s']:.1f}/s "
-            f"({r['throughput_ratio']:.2f}), first result {r['first_result_s']:.2f} s, "
+            f"({r['throughput_ratio']:.2f}; bare before/after differ by {r['bare_drift_pct']:.0f}%), "
+            f"first result {r['first_result_s']:.2f} s, "
             f"RSS {r['peak_rss_mb']:.0f} MB, beyond invoke p50 {r['overhead_p50_ms']:.2f} ms")
 
 

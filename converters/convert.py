@@ -420,9 +420,7 @@ def _recover(opts: ConvertOptions, prep: Prepared, profile: Profile, work: Path,
             summary = (f"recovered: {count} layer(s) kept in float; drop {cmp.drop_points:.2f} → "
                        f"{new_cmp.drop_points:.2f} points, size {attempts[-1]['size_delta_bytes']:+d}"
                        f" B, latency {attempts[-1]['latency_delta_ms']:+.3f} ms")
-            if new_run.input_spec.dtype != profile.io_dtype:
-                summary += (f"; the input stays {new_run.input_spec.dtype}, not "
-                            f"{profile.io_dtype}, as its first layer is kept in float")
+            summary += float_ends_note(new_run, profile.io_dtype)
             log(f"  {summary}")
             new_run.size_bytes = base_model.stat().st_size
             return ({"attempted": True, "recovered": True, "summary": summary,
@@ -432,6 +430,16 @@ def _recover(opts: ConvertOptions, prep: Prepared, profile: Profile, work: Path,
     log(f"  {summary}")
     return {"attempted": True, "recovered": False, "summary": summary,
             "attempts": attempts}, base_model, run, cmp
+
+
+def float_ends_note(run: ModelRun, io_dtype: str) -> str:
+    """What a recovered model's ends became when the layer next to them is kept in float."""
+    ends = [f"{end} stays {dtype}" for end, dtype in
+            (("input", run.input_spec.dtype), ("output", run.output_dtype)) if dtype != io_dtype]
+    if not ends:
+        return ""
+    why = "the layer next to it is" if len(ends) == 1 else "the layers next to them are"
+    return f"; the {' and the '.join(ends)}, not {io_dtype}, as {why} kept in float"
 
 
 def _budget_notes(profile: Profile, run: ModelRun) -> list[str]:

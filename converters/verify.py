@@ -32,6 +32,7 @@ class ModelRun:
     latency_ms: float
     size_bytes: int
     input_spec: InputSpec
+    output_dtype: str = "float32"
 
 
 def input_spec_for(model: Path, base: InputSpec, threads: int = 1) -> InputSpec:
@@ -72,7 +73,7 @@ def run_model(model: Path, data: Dataset, base: InputSpec, threads: int = 1,
         latency = _median_invoke(backend, min(latency_runs, max(10, len(data))))
     finally:
         backend.close()
-    return ModelRun(np.stack(results), latency, model.stat().st_size, spec)
+    return ModelRun(np.stack(results), latency, model.stat().st_size, spec, out_info.dtype)
 
 
 def _median_invoke(backend: Any, runs: int) -> float:

@@ -1,13 +1,14 @@
 """Summary notes on what the numbers cannot show: a classifier that gives one class to nearly
-everything, an integer input range that misses the data."""
+everything, an integer input range that misses the data, the ends a recovery left in float."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from converters.convert import Prepared, input_range_note, one_class_note
+from converters.convert import Prepared, float_ends_note, input_range_note, one_class_note
 from converters.data import Dataset
 from converters.verify import ModelRun
 from edge_runtime.preprocess import InputSpec
@@ -65,3 +66,19 @@ def test_an_input_range_that_misses_the_data_is_named() -> None:
     fitting = dark.with_quantization("int8", 1 / 255, -128)
     assert input_range_note(prep, fitting) is None
     assert input_range_note(prep, dark.with_quantization("float32", 0.0, 0)) is None
+
+
+@pytest.mark.parametrize(("input_dtype", "output_dtype", "expected"), [
+    ("int8", "int8", ""),
+    ("float32", "int8",
+     "; the input stays float32, not int8, as the layer next to it is kept in float"),
+    ("int8", "float32",
+     "; the output stays float32, not int8, as the layer next to it is kept in float"),
+    ("float32", "float32", "; the input stays float32 and the output stays float32, not int8, "
+                           "as the layers next to them are kept in float"),
+])
+def test_a_recovered_model_says_which_ends_stayed_float(input_dtype: str, output_dtype: str,
+                                                        expected: str) -> None:
+    spec = InputSpec(shape=(1, 8, 8, 1), dtype=input_dtype)
+    run = ModelRun(np.zeros((1, 10), np.float32), 1.0, 100, spec, output_dtype)
+    assert float_ends_note(run, "int8") == expected
