@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from .model import open_model
-from .preprocess import serial_opencv
 from .sysinfo import peak_rss_bytes, rss_bytes
 
 
@@ -20,7 +19,6 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def run_bench(path: Path, *, frames: int = 300, threads: int | None = None) -> dict[str, Any]:
-    serial_opencv()  # as the daemon runs
     started = time.perf_counter()
     model = open_model(path, threads=threads)
     load_s = time.perf_counter() - started

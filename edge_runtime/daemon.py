@@ -21,7 +21,6 @@ from .metrics import MetricsRegistry
 from .model import Hints, LoadedModel, ModelError, open_model
 from .notify import Notifier
 from .pipeline import Pipeline
-from .preprocess import serial_opencv
 from .publish.mqtt import MqttLink
 from .publish.outbox import Outbox
 from .publish.payloads import encode
@@ -59,7 +58,6 @@ class Daemon:
         self._stop = threading.Event()
         self._status: tuple[str, str] = ("", "")
         self._pipeline_states: dict[str, tuple[str, str]] = {}
-        serial_opencv()
         models = self._load_models()
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", config.outbox.max_messages,
                              config.outbox.max_bytes, config.outbox.synchronous)

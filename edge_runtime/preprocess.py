@@ -301,13 +301,6 @@ def convert_color(image: np.ndarray, color: str) -> np.ndarray:
     return image
 
 
-def serial_opencv() -> None:
-    """Keep OpenCV's own calls on the calling thread. By default a resize or a colour conversion
-    is split over every core, which on a device whose cores run the interpreter only adds
-    hand-offs: the daemon's CPU per result drops and its results/s rise without it."""
-    cv2.setNumThreads(1)
-
-
 def preprocess(data: np.ndarray, spec: InputSpec) -> np.ndarray:
     """One-shot form of :class:`Preprocessor`, for callers that handle a few items."""
     return Preprocessor(spec)(data)
