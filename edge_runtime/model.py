@@ -21,6 +21,7 @@ from .backends import Backend, BackendError, load_backend
 from .bundle import Bundle, BundleError, bare_model, load_bundle_dir, read_labels
 from .postprocess import Outcome, OutputInfo, PostContext, Postprocess, build_postprocessor
 from .preprocess import InputSpec, Letterbox, Preprocessor, as_tuple
+from .sysinfo import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,16 @@ def open_model(path: Path, *, threads: int | None = None, delegate: str | None =
 
 
 def _profile_threads(profile: dict[str, Any]) -> int | None:
+    """The profile's thread count (one per core of its board), at most the cores this process
+    may use: more interpreter threads than cores make each invoke wait on descheduled ones."""
     value = profile.get("threads")
-    return int(value) if isinstance(value, int) and value > 0 else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        return None
+    usable = cpu_count()
+    if value > usable:
+        log.info("profile %s asks for %d threads; using %d, the cores available",
+                 profile.get("name", "?"), value, usable)
+    return min(value, usable)
 
 
 def _profile_delegate(profile: dict[str, Any]) -> str | None:

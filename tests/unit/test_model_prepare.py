@@ -1,4 +1,5 @@
-"""Frames preprocessed ahead (on a file source's capture thread) give the same results."""
+"""Frames preprocessed ahead (on a file source's capture thread) give the same results; a
+profile's thread count is capped at the cores available."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from edge_runtime.model import open_model
+from edge_runtime.sysinfo import cpu_count
 
 
 def images(digits: Path, count: int) -> list[np.ndarray]:
@@ -37,3 +40,13 @@ def test_run_uses_the_prepared_tensor_only_when_it_was_made_for_this_model(
     foreign = other.prepare(image)
     foreign.tensor[...] = foreign.tensor.min()
     assert model.run(image, foreign)[0].payload == direct.payload  # another model's is not
+
+
+def test_a_profile_asking_for_more_threads_than_cores_gets_the_cores(
+        digits_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = open_model(digits_bundle)
+    asked = model.bundle.profile["threads"]
+    assert asked > 1 and model.backend.threads == min(asked, cpu_count())
+    monkeypatch.setattr("edge_runtime.model.cpu_count", lambda: 1)
+    assert open_model(digits_bundle).backend.threads == 1
+    assert open_model(digits_bundle, threads=3).backend.threads == 3  # asked for: kept
