@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 STATM = Path("/proc/self/statm")
+STATUS = Path("/proc/self/status")
 MEMINFO = Path("/proc/meminfo")
 THERMAL_ROOT = Path("/sys/class/thermal")
 MODEL_FILES = (
@@ -37,8 +38,15 @@ def rss_bytes(statm: Path = STATM) -> int:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_rss_bytes() -> int:
-    """Highest resident memory this process has reached."""
+def peak_rss_bytes(status: Path = STATUS) -> int:
+    """Highest resident memory this process has reached: ``VmHWM``, which counts the current
+    RSS too. ``ru_maxrss`` (where /proc is missing) can lag behind the current RSS."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

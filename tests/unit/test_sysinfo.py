@@ -30,6 +30,20 @@ def test_rss_tracks_allocations() -> None:
     assert sysinfo.peak_rss_bytes() >= after * 0.9
 
 
+def test_peak_rss_is_never_below_the_current_rss() -> None:
+    block = np.ones(48 * 2**20, dtype=np.uint8)  # touched: resident now
+    rss, peak = sysinfo.rss_bytes(), sysinfo.peak_rss_bytes()
+    assert peak >= rss >= block.nbytes
+
+
+def test_peak_rss_reads_vmhwm_and_falls_back_without_proc(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 900000 kB\nVmHWM:\t  123456 kB\nVmRSS:\t 1000 kB\n")
+    assert sysinfo.peak_rss_bytes(status) == 123456 * 1024
+    fallback = sysinfo.peak_rss_bytes(tmp_path / "no-status")
+    assert fallback > 0
+
+
 def test_rss_falls_back_without_proc(tmp_path: Path) -> None:
     assert sysinfo.rss_bytes(tmp_path / "no-statm") == sysinfo.peak_rss_bytes()
 
