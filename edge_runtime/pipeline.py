@@ -34,7 +34,7 @@ StateCallback = Callable[[str, str, str], None]   # (pipeline, state, reason)
 
 class Pipeline:
     def __init__(self, config: PipelineConfig, model: LoadedModel, *, device: str,
-                 result_topic: str, outbox: Outbox, wake: Callable[[], None],
+                 result_topic: str, outbox: Outbox, wake: Callable[[bool], None],
                  metrics: PipelineMetrics, on_state: StateCallback | None = None,
                  heartbeat: Callable[[], None] | None = None) -> None:
         self.config = config
@@ -162,7 +162,9 @@ class Pipeline:
         )
         if not self._store(message):
             return False
-        self._wake()
+        # A live source's result goes out on this thread when the link is idle: sooner at the
+        # broker. A file's is left to the sender thread, so that it costs this thread nothing.
+        self._wake(self.capture.source.live)
         self.results += 1
         done = time.perf_counter()
         self.metrics.record_ms("preprocess", t.preprocess)

@@ -280,6 +280,7 @@ class FakeConnection:
 
     def __init__(self, refuse_seq: int | None = None) -> None:
         self.sent: list[tuple[int, int]] = []  # (mid, seq)
+        self.threads: list[int] = []  # the thread that published each
         self.refuse_seq = refuse_seq
         self._next_mid = 1
         self._lock = threading.Lock()
@@ -291,6 +292,7 @@ class FakeConnection:
             mid = self._next_mid
             self._next_mid += 1
             self.sent.append((mid, item.seq))
+            self.threads.append(threading.get_ident())
             return mid
 
     def seqs(self) -> list[int]:
@@ -369,6 +371,43 @@ def test_sender_waits_while_disconnected_then_catches_up(outbox: Outbox) -> None
         fill(outbox, 2)
         sender.wake()
         wait_until(lambda: conn.seqs() == [1, 2, 3, 4, 5])
+
+
+def test_a_message_asked_to_go_now_is_published_on_the_storing_thread_when_idle(
+        outbox: Outbox) -> None:
+    fill(outbox, 1)
+    with running_sender(outbox) as (sender, conn):
+        sender.connection_up()
+        wait_until(lambda: len(conn.sent) == 1)
+        sender.acked_mid(conn.mids()[0])
+        wait_until(lambda: sender.acked == 1)
+
+        fill(outbox, 1)
+        sender.wake(publish_here=True)
+        assert conn.seqs() == [1, 2]  # already sent when wake returns
+        assert conn.threads[1] == threading.get_ident() != conn.threads[0]
+
+        sender.acked_mid(conn.mids()[1])
+        wait_until(lambda: sender.acked == 2)
+        fill(outbox, 1)
+        sender.wake()  # by default the sender thread does it
+        wait_until(lambda: len(conn.sent) == 3)
+        assert conn.threads[2] == conn.threads[0]
+        wait_until(lambda: sender.inflight == 1)
+
+
+def test_a_message_asked_to_go_now_while_down_goes_once_the_connection_is_up(
+        outbox: Outbox) -> None:
+    with running_sender(outbox) as (sender, conn):
+        fill(outbox, 1)
+        sender.wake(publish_here=True)
+        time.sleep(0.1)
+        assert conn.sent == []  # down: nothing sent, by anyone
+        sender.connection_up()
+        wait_until(lambda: conn.seqs() == [1])
+        fill(outbox, 1)
+        sender.wake(publish_here=True)  # after the one still in flight: order is kept
+        wait_until(lambda: conn.seqs() == [1, 2])
 
 
 def test_sender_ignores_acks_it_cannot_match(outbox: Outbox) -> None:
