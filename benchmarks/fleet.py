@@ -288,13 +288,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=2.0, help="pace of each daemon's source")
     parser.add_argument("--stagger", type=float, default=0.1,
                         help="seconds between daemon starts")
+    add_digits_arguments(parser, "image folder the daemons read (default: the digits made with "
+                                 "the bundle)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser.parse_args(argv)
+
+
+def add_digits_arguments(parser: argparse.ArgumentParser, source_help: str) -> None:
+    """``--bundle`` (default: the digits bundle of :func:`digits_bundle`) and ``--source`` (default:
+    the validation images made with it)."""
     parser.add_argument("--bundle", type=Path,
                         help="a digits-like bundle directory (default: build the digits one)")
     parser.add_argument("--source", type=Path, default=CACHE / "digits" / "images" / "val",
-                        help="image folder the daemons read (default: the digits made with the "
-                             "bundle)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser.parse_args(argv)
+                        help=source_help)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

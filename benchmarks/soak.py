@@ -67,8 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import CpuShare
-from fleet import CACHE as FLEET_CACHE
-from fleet import digits_bundle, tool
+from fleet import add_digits_arguments, digits_bundle, tool
 
 from edge_runtime.publish.outbox import Outbox
 from edge_runtime.sysinfo import machine_description
@@ -519,11 +518,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds the broker stays down at each restart")
     parser.add_argument("--warmup-frames", type=int, default=5_000,
                         help="results made before the reference RSS sample")
-    parser.add_argument("--bundle", type=Path,
-                        help="a digits-like bundle directory (default: build the digits one)")
-    parser.add_argument("--source", type=Path, default=FLEET_CACHE / "digits" / "images" / "val",
-                        help="image folder the daemon reads in a loop (default: the digits "
-                             "validation images made with the bundle)")
+    add_digits_arguments(parser, "image folder the daemon reads in a loop (default: the digits "
+                                 "validation images made with the bundle)")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="also write the report, with every sample, to PATH")
     args = parser.parse_args(argv)
