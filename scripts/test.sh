@@ -1,18 +1,37 @@
 #!/usr/bin/env bash
 # The one test command: venv, install, Mosquitto, then ruff, mypy and pytest.
-#   scripts/test.sh [pytest args...]
+#   scripts/test.sh [pytest args...]   everything: unit, converter, integration, e2e (< 10 min)
+#   scripts/test.sh --fast [args...]   the unit tier only (no TensorFlow, no broker; < 1 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3}
+FAST=0
+if [[ "${1:-}" == "--fast" ]]; then
+    FAST=1
+    shift
+fi
 
 if [[ ! -x .venv/bin/python ]]; then
     echo "==> creating .venv"
     "$PY" -m venv .venv
 fi
-echo "==> installing edge-runtime[convert,broker,dev]"
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[convert,broker,dev]"
+# Installing again is skipped while pyproject.toml is unchanged since the last install.
+STAMP=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [[ ! -f "$STAMP" ]]; then
+    echo "==> installing edge-runtime[convert,optimize,broker,dev]"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e ".[convert,optimize,broker,dev]"
+    rm -f .venv/.installed-*
+    touch "$STAMP"
+fi
+
+if [[ $FAST -eq 1 ]]; then
+    echo "==> ruff"
+    .venv/bin/ruff check edge_runtime converters tests benchmarks scripts
+    echo "==> pytest tests/unit"
+    exec .venv/bin/pytest -q -p no:cacheprovider tests/unit "$@"
+fi
 
 MOSQUITTO=$(command -v mosquitto || true)
 [[ -z "$MOSQUITTO" && -x /usr/sbin/mosquitto ]] && MOSQUITTO=/usr/sbin/mosquitto

@@ -1,6 +1,10 @@
 """Shared fixtures: real sample data (scikit-learn digits), a trained Keras model and a real bundle.
 
-Training and converting take ~40 s, so they happen once per test session.
+Training and converting take ~40 s, so they happen once per test session; the tiers that need no
+model (``tests/unit``) never ask for them. The Mosquitto fixtures come from ``support.mosquitto``.
+
+Tiers: ``unit`` (device install only: no TensorFlow, no broker), ``converter`` (TensorFlow),
+``integration`` (a real Mosquitto, real converted models), ``e2e`` (the real CLIs in subprocesses).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["support.mosquitto", "support.daemon"]
 BIN = Path(sys.executable).parent
 
 

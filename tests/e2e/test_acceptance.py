@@ -21,17 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import daemon_helpers
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from daemon_helpers import Mosquitto, missing, run_cli, seqs, top_label
+from support.daemon import Mosquitto, missing, run_cli, seqs, top_label
 from test_convert_cli import independent_accuracy, tensor_dtypes
 from test_daemon_cli import Run, run_to_end
 
 from edge_runtime.preprocess import InputSpec, preprocess_batch
 
-broker = daemon_helpers.broker
 pytestmark = pytest.mark.slow
 
 CLIP_SIZE = 64

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import daemon_helpers
 import pytest
-from daemon_helpers import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.daemon import (
     Commander,
     DaemonProcess,
     Mosquitto,
@@ -24,10 +25,7 @@ from daemon_helpers import (
     results_after,
     wait_for,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-broker = daemon_helpers.broker
 pytestmark = pytest.mark.mosquitto
 
 CONFIG = """\

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import daemon_helpers
 import pytest
-from daemon_helpers import (
+from support.daemon import (
     DaemonProcess,
     Mosquitto,
     Subscriber,
@@ -33,8 +32,6 @@ from daemon_helpers import (
     wait_for_seqs,
 )
 
-broker = daemon_helpers.broker
-make_broker = daemon_helpers.make_broker
 pytestmark = pytest.mark.mosquitto
 
 REF = re.compile(r"^digit_\d/\d+\.png$")

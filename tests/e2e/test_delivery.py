@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import daemon_helpers
 import pytest
-from daemon_helpers import (
+import support.daemon
+from support.daemon import (
     DaemonProcess,
     Mosquitto,
     Subscriber,
@@ -26,7 +26,6 @@ from daemon_helpers import (
     wait_for_seqs,
 )
 
-make_broker = daemon_helpers.make_broker
 pytestmark = pytest.mark.mosquitto
 
 PACED = ["--fps", "20", "--loop"]
@@ -81,10 +80,10 @@ def test_a_network_cut_with_results_in_flight_loses_nothing(
             assert wait_for(lambda: outbox_depth(state) >= 10, 15), daemon.tail()
             proxy.cut()
             proxy.blackhole(False)
-            numbered = daemon_helpers.outbox_last_seq(state)
+            numbered = support.daemon.outbox_last_seq(state)
             assert_complete(sub, device, numbered, daemon, timeout=30)
             assert daemon.terminate() == 0, daemon.tail()
-            assert_complete(sub, device, daemon_helpers.outbox_last_seq(state), daemon)
+            assert_complete(sub, device, support.daemon.outbox_last_seq(state), daemon)
     finally:
         proxy.close()
 
@@ -101,7 +100,7 @@ def test_a_killed_daemon_restarted_on_its_state_dir_delivers_and_continues(
             seen_before_stop = max(seqs(results(sub, device)))
             assert wait_for(lambda: outbox_depth(state) >= 10, 15), first.tail()
             first.kill()
-        numbered = daemon_helpers.outbox_last_seq(state)
+        numbered = support.daemon.outbox_last_seq(state)
         assert numbered > seen_before_stop, "nothing was waiting in the outbox at the kill"
 
         broker.start()
@@ -126,7 +125,7 @@ def test_sigterm_drains_the_outbox_and_leaves_offline_retained(
             paced_daemon(broker, digits, digits_bundle, tmp_path, device, state) as daemon:
         assert sub.wait_for(10, 30, result_topic(device)), daemon.tail()
         assert daemon.terminate() == 0, daemon.tail()
-        last = daemon_helpers.outbox_last_seq(state)
+        last = support.daemon.outbox_last_seq(state)
         assert_complete(sub, device, last, daemon)
     assert outbox_depth(state) == 0
     retained = read_retained(broker, status_topic(device))

@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import daemon_helpers
 import pytest
-from daemon_helpers import DaemonProcess, Mosquitto, Subscriber, copy_bundle, wait_for
+from support.daemon import DaemonProcess, Mosquitto, Subscriber, copy_bundle, wait_for
 
-broker = daemon_helpers.broker
 pytestmark = pytest.mark.mosquitto
 
 FLEET_SIZE = 10

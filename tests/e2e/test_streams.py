@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import daemon_helpers
 import pytest
-from daemon_helpers import (
+from support.daemon import (
     DaemonProcess,
     Mosquitto,
     Subscriber,
@@ -34,7 +33,6 @@ from daemon_helpers import (
 
 from edge_runtime.model import open_model
 
-broker = daemon_helpers.broker
 pytestmark = pytest.mark.mosquitto
 
 CAMERA_FPS = 30.0

@@ -20,15 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import daemon_helpers
 import numpy as np
 import pytest
-from daemon_helpers import DaemonProcess, Mosquitto, free_port, new_device, run_args
+from support.daemon import DaemonProcess, Mosquitto, free_port, new_device, run_args
 
 from edge_runtime.config import DaemonConfig
 from edge_runtime.daemon import Daemon
 
-broker = daemon_helpers.broker
 pytestmark = pytest.mark.mosquitto
 
 WATCHDOG_USEC = 1_000_000  # systemd's timeout; the daemon pings about every 0.4 s

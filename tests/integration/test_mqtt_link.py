@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mosquitto import (
+from support.mosquitto import (
     Mosquitto,
     Received,
     Subscriber,
@@ -182,7 +183,6 @@ def test_network_cut_resends_what_was_in_flight(mosquitto: Mosquitto, tmp_path: 
 _DAEMON = """
 import sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[4])
 from test_mqtt_link import FAST, STREAM, result_for
 from edge_runtime.publish import MqttLink, Outbox, Topics, parse_mqtt_url
 db, url, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -203,9 +203,10 @@ time.sleep(600)
 
 def start_daemon(db: Path, url: str, count: int) -> subprocess.Popen[bytes]:
     """A separate process running Outbox + MqttLink; ``count`` 0 appends until killed."""
-    here = str(Path(__file__).parent)
+    tests = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests / "integration"), str(tests)])}
     return subprocess.Popen(
-        [sys.executable, "-c", _DAEMON, str(db), url, str(count), here], stdout=subprocess.PIPE
+        [sys.executable, "-c", _DAEMON, str(db), url, str(count)], stdout=subprocess.PIPE, env=env
     )
 
 

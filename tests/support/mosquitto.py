@@ -4,9 +4,8 @@
 loopback port, with persistence on (a ``stop()``/``start()`` keeps persistent sessions and
 retained messages), optionally a password file and a TLS listener with a freshly made CA.
 
-Tests in ``tests/integration`` import it as ``from mosquitto import Mosquitto, Subscriber`` (the
-folder's conftest puts it on ``sys.path``); tests elsewhere can add this folder to ``sys.path``
-the same way.
+It is also the pytest plugin (``tests/conftest.py`` loads it) that gives the ``mosquitto`` and
+``make_mosquitto`` fixtures; tests import the helpers as ``from support.mosquitto import …``.
 """
 
 from __future__ import annotations
@@ -22,13 +21,14 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -480,3 +480,39 @@ class TcpProxy:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+# ----- the pytest plugin -------------------------------------------------------------------
+
+
+def require_mosquitto() -> None:
+    """Skip (or fail on CI) when Mosquitto is not installed."""
+    if mosquitto_available():
+        return
+    reason = f"{MOSQUITTO} not found: apt-get install -y mosquitto mosquitto-clients"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def make_mosquitto(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """A factory: ``make_mosquitto(users={...}, tls=True)`` gives a started broker."""
+    require_mosquitto()
+    brokers: list[Mosquitto] = []
+
+    def make(**kwargs: Any) -> Mosquitto:
+        broker = Mosquitto(tmp_path / f"mosquitto-{len(brokers)}", **kwargs)
+        brokers.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(make_mosquitto: Callable[..., Mosquitto]) -> Mosquitto:
+    """A started anonymous Mosquitto with persistence."""
+    return make_mosquitto()

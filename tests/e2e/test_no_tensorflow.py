@@ -9,12 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
-if str(INTEGRATION) not in sys.path:
-    sys.path.insert(0, str(INTEGRATION))
-
-from mosquitto import Mosquitto, Subscriber, mosquitto_available  # noqa: E402
+from support.mosquitto import Mosquitto, Subscriber, mosquitto_available
 
 # Runs in the child. Every attempt to import a blocked module is recorded, then refused.
 CHILD = r"""

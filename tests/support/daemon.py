@@ -1,7 +1,7 @@
 """Helpers for end-to-end tests of the daemon: the real ``edge-runtime`` CLI in a subprocess,
 a real Mosquitto on a free loopback port, and what reached it.
 
-Test modules take the fixtures by name: ``broker = daemon_helpers.broker``.
+Test modules take the fixtures by name: ``broker = support.daemon.broker``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,7 @@ from typing import Any
 
 import pytest
 
-# The broker helper lives with the integration tests; share it rather than copy it.
-INTEGRATION = Path(__file__).resolve().parents[1] / "integration"
-if str(INTEGRATION) not in sys.path:
-    sys.path.insert(0, str(INTEGRATION))
-
-from mosquitto import (  # noqa: E402
+from support.mosquitto import (
     MOSQUITTO,
     Mosquitto,
     Received,
