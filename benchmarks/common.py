@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_runtime.backends import Backend, TensorInfo, load_backend
 from edge_runtime.metrics import LatencyStats
-from edge_runtime.sysinfo import machine_description, peak_rss_bytes
+from edge_runtime.system.sysinfo import machine_description, peak_rss_bytes
 
 _IMPORT_PROBE = """
 import json, resource, sys, time

@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_runtime.sysinfo import machine_description
+from edge_runtime.system.sysinfo import machine_description
 
 MODELS = ("digits", "mobilenetv2")
 INPUT_SIZE = 224

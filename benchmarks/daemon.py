@@ -399,7 +399,7 @@ class Arrivals:
 
 def input_tensor(assets: Assets) -> np.ndarray:
     """The first video frame, preprocessed exactly as the daemon does it."""
-    from edge_runtime.bundle import load_bundle_dir
+    from edge_runtime.bundles.manifest import load_bundle_dir
     from edge_runtime.preprocess import Preprocessor
 
     capture = cv2.VideoCapture(str(assets.video))
@@ -703,7 +703,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from edge_runtime.sysinfo import machine_description
+    from edge_runtime.system.sysinfo import machine_description
 
     args = parse_args(argv)
     assets = prepare_assets(CACHE, args.rebuild)

@@ -42,7 +42,7 @@ from common import mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from converters.deploy import deploy
-from edge_runtime.sysinfo import machine_description
+from edge_runtime.system.sysinfo import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench" / "fleet"

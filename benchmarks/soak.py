@@ -70,7 +70,7 @@ from daemon import CpuShare
 from fleet import add_digits_arguments, digits_bundle, tool
 
 from edge_runtime.publish.outbox import Outbox
-from edge_runtime.sysinfo import machine_description
+from edge_runtime.system.sysinfo import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 # The e2e helpers put tests/integration (the Mosquitto helper) on sys.path themselves.

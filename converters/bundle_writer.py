@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.bundle import LABELS, SCHEMA, sha256_file, write_manifest
+from edge_runtime.bundles.manifest import LABELS, SCHEMA, sha256_file, write_manifest
 from edge_runtime.preprocess import InputSpec
 
 from .profiles import Profile

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from edge_runtime.errors import EdgeError
 from edge_runtime.preprocess import as_tuple
 
 from . import __version__
@@ -141,8 +142,8 @@ def verify(bundle: Path, data: Path, max_accuracy_drop: float, as_json: bool) ->
 @click.option("--sign-key", type=click.Path(path_type=Path), help="ed25519 private key.")
 def pack(bundle: Path, sign_key: Path | None) -> None:
     """Write BUNDLE.tar.gz beside the bundle directory (signed with --sign-key)."""
-    from edge_runtime.bundle import load_bundle_dir
-    from edge_runtime.packing import pack_bundle
+    from edge_runtime.bundles.manifest import load_bundle_dir
+    from edge_runtime.bundles.packing import pack_bundle
 
     load_bundle_dir(bundle)
     archive = pack_bundle(bundle, sign_key=sign_key)
@@ -153,7 +154,7 @@ def pack(bundle: Path, sign_key: Path | None) -> None:
 @click.argument("directory", type=click.Path(path_type=Path))
 def keygen(directory: Path) -> None:
     """Write DIR/edge-signing.key (private, mode 600) and DIR/edge-signing.pub."""
-    from edge_runtime.signing import generate_keypair
+    from edge_runtime.bundles.signing import generate_keypair
 
     private, public = generate_keypair(directory)
     click.echo(f"private key: {private}\npublic key:  {public}  (copy this one to the devices)")
@@ -196,18 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except ConvertError as exc:
-        _err(str(exc))
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        if _known(exc):
-            _err(str(exc))
-            sys.exit(2)
-        raise
+    except EdgeError as exc:
+        _err(exc.one_line())
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(0)
-
-
-def _known(exc: Exception) -> bool:
-    """Errors from the shared device-side modules that carry a one-line message."""
-    names = {"BundleError", "BackendError", "PackError", "SignatureError", "ProfileError"}
-    return type(exc).__name__ in names or any(c.__name__ in names for c in type(exc).__mro__)

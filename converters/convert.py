@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bundle import TASKS, read_labels
+from edge_runtime.bundles.manifest import TASKS, read_labels
 from edge_runtime.preprocess import InputSpec, preprocess_batch
 
 from . import __version__

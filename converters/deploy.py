@@ -17,8 +17,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_runtime.bundle import load_bundle_dir
-from edge_runtime.packing import pack_bundle
+from edge_runtime.bundles.manifest import load_bundle_dir
+from edge_runtime.bundles.packing import pack_bundle
 from edge_runtime.publish.settings import parse_mqtt_url
 
 from .errors import ConvertError

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bundle import load_bundle_dir
+from edge_runtime.bundles.manifest import load_bundle_dir
 
 from .data import load_dataset
 from .errors import ConvertError

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.system.sysinfo import peak_rss_bytes, rss_bytes
+
 from .model import open_model
-from .sysinfo import peak_rss_bytes, rss_bytes
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

@@ -11,13 +11,11 @@ from typing import Any
 import click
 
 from . import __version__
+from .errors import EdgeError
 
 log = logging.getLogger("edge_runtime")
-ONE_LINE_ERRORS = ("ConfigError", "ModelError", "BundleError", "BackendError", "SourceError",
-                   "PackError", "SignatureError", "ValidationError")
 
-
-class UsageError(Exception):
+class UsageError(EdgeError):
     """Bad usage or input: exit 2 with one line."""
 
 
@@ -145,7 +143,7 @@ def check_config(config_file: Path) -> None:
 def service_unit(config_path: Path, state_dir: str, exec_path: str | None, user: str,
                  watchdog_sec: int) -> None:
     """Print the systemd unit for this daemon."""
-    from .service import render_unit
+    from edge_runtime.system.service import render_unit
 
     exe = exec_path or str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).name == \
         "edge-runtime" else exec_path or "/opt/edge-runtime/bin/edge-runtime"
@@ -161,12 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except UsageError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except EdgeError as exc:
+        click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(2)
-    except Exception as exc:
-        if any(c.__name__ in ONE_LINE_ERRORS for c in type(exc).__mro__):
-            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
-            sys.exit(2)
-        raise
     sys.exit(0)

@@ -6,7 +6,6 @@ Unknown keys are refused with "did you mean"; every error names the key and its 
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from .system.paths import default_state_dir
 from .yamlconfig import ConfigError, describe_errors, parse_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -30,12 +30,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def default_state_dir() -> Path:
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return Path("/var/lib/edge-runtime")
-    return Path.home() / ".local" / "state" / "edge-runtime"
 
 
 def _topic_safe(value: str, what: str) -> str:

@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.system.notify import Notifier
+
 from . import __version__
+from .bundles.store import BundleStore
 from .config import DaemonConfig, PipelineConfig
+from .control.verbs import Control
 from .metrics import MetricsRegistry
-from .model import Hints, LoadedModel, ModelError, open_model
-from .notify import Notifier
+from .model import LoadedModel, ModelError, ModelLoader
 from .pipeline import Pipeline
 from .publish.mqtt import MqttLink
 from .publish.outbox import Outbox
@@ -30,21 +33,6 @@ from .publish.topics import Topics
 log = logging.getLogger(__name__)
 TICK_S = 0.2
 FINISH_DRAIN_S = 30.0
-
-
-def hints_for(config: PipelineConfig) -> Hints:
-    m = config.model
-    return Hints(labels=m.labels, task=m.task, input_mean=m.input_mean, input_std=m.input_std,
-                 color=m.color, resize=m.resize, decoder=m.decoder)
-
-
-def load_pipeline_model(config: PipelineConfig, daemon: DaemonConfig, path: Path | None = None,
-                        ) -> LoadedModel:
-    return open_model(
-        path or config.bundle, threads=config.threads, delegate=config.delegate,
-        allow_cpu_fallback=config.allow_cpu_fallback, state_dir=daemon.resolved_state_dir,
-        trusted_keys=daemon.trusted_keys, hints=hints_for(config), params=config.postprocess,
-    )
 
 
 class Daemon:
@@ -58,16 +46,18 @@ class Daemon:
         self._stop = threading.Event()
         self._status: tuple[str, str] = ("", "")
         self._pipeline_states: dict[str, tuple[str, str]] = {}
+        self.loader = ModelLoader(self.state_dir, config.trusted_keys)
         models = self._load_models()
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", config.outbox.max_messages,
                              config.outbox.max_bytes, config.outbox.synchronous)
-        from .control import Control
-
-        self.control = Control(self)
+        self.pipelines: dict[str, Pipeline] = {}
+        store = BundleStore(self.state_dir, self._reload_roots(), config.trusted_keys)
+        self.control = Control(self.pipelines, loader=self.loader, store=store,
+                               reply=self._reply, on_model_changed=self.refresh_status,
+                               metrics=self.publish_metrics, settings=config.commands)
         self.link = MqttLink(self._mqtt_settings(), self.topics, self.outbox,
                              on_command=self.control.dispatcher.submit,
                              status_extra=self._status_extra)
-        self.pipelines: dict[str, Pipeline] = {}
         for pc in config.pipelines:
             self.pipelines[pc.name] = Pipeline(
                 pc, models[pc.name], device=config.device_id,
@@ -83,12 +73,19 @@ class Daemon:
         models: dict[str, LoadedModel] = {}
         try:
             for pc in self.config.pipelines:
-                models[pc.name] = load_pipeline_model(pc, self.config)
+                models[pc.name] = self.loader.load(pc)
         except ModelError:
             for m in models.values():
                 m.close()
             raise
         return models
+
+    def _reload_roots(self) -> list[Path]:
+        return [*self.config.commands.bundle_roots,
+                *(pc.bundle.parent for pc in self.config.pipelines)]
+
+    def _reply(self, verb: str, result: dict[str, Any]) -> None:
+        self.link.publish(self.topics.reply(verb), encode(result), qos=1)
 
     def _mqtt_settings(self) -> Any:
         m = self.config.mqtt
@@ -180,7 +177,7 @@ class Daemon:
         ha = self.config.homeassistant
         if not ha.enabled:
             return
-        from .homeassistant import discovery_messages
+        from edge_runtime.publish.homeassistant import discovery_messages
 
         for topic, payload in discovery_messages(self.topics, self.config.device_id,
                                                  list(self.pipelines), __version__, ha.prefix):

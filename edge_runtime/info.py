@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import load_backend
-from .model import resolve_bundle
+from .bundles.resolve import resolve_bundle
 
 
 def bundle_info(path: Path) -> dict[str, Any]:

@@ -297,7 +297,7 @@ class MetricsRegistry:
             "gauges": {name: _read_gauge(g) for name, g in gauges.items()},
         }
         if self._include_system:
-            from edge_runtime.sysinfo import process_snapshot
+            from edge_runtime.system.sysinfo import process_snapshot
 
             snap["system"] = process_snapshot()
         return snap

@@ -13,34 +13,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_runtime.bundles.manifest import Bundle, BundleError
+from edge_runtime.bundles.resolve import Hints, resolve_bundle
+from edge_runtime.errors import EdgeError
+from edge_runtime.system.sysinfo import cpu_count
+
 from .backends import Backend, BackendError, load_backend
-from .bundle import Bundle, BundleError, bare_model, load_bundle_dir, read_labels
 from .postprocess import Outcome, OutputInfo, PostContext, Postprocess, build_postprocessor
 from .preprocess import InputSpec, Letterbox, Preprocessor, as_tuple
-from .sysinfo import cpu_count
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
 
-class ModelError(Exception):
+class ModelError(EdgeError):
     """A model that cannot be served; one line naming the problem."""
-
-
-@dataclass
-class Hints:
-    """How to read a bare ``.tflite`` (ignored for bundles, whose manifest says it all)."""
-
-    labels: Path | None = None
-    task: str | None = None
-    input_mean: Any = None
-    input_std: Any = None
-    color: str | None = None
-    resize: str | None = None
-    decoder: str | None = None
 
 
 @dataclass
@@ -144,51 +137,6 @@ class LoadedModel:
             pass
 
 
-def resolve_bundle(path: Path, *, state_dir: Path | None = None,
-                   trusted_keys: Sequence[Path] = (), hints: Hints | None = None) -> Bundle:
-    """Find and check the bundle at ``path`` (without loading the interpreter)."""
-    path = Path(path)
-    if trusted_keys and path.suffix == ".tflite":
-        raise ModelError(f"{path}: a bare .tflite cannot be signed; with trusted keys only "
-                         "signed bundles are loaded")
-    if path.is_dir():
-        _verify(path, trusted_keys)
-        return load_bundle_dir(path)
-    if path.name.endswith((".tar.gz", ".tgz")):
-        return load_bundle_dir(_unpack(path, state_dir, trusted_keys))
-    if path.suffix == ".tflite":
-        h = hints or Hints()
-        labels = read_labels(h.labels) if h.labels else None
-        return bare_model(path, labels=labels, task=h.task)
-    if not path.exists():
-        raise ModelError(f"bundle {path} does not exist")
-    raise ModelError(f"{path}: expected a bundle directory, a .tar.gz or a .tflite file")
-
-
-def _verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> None:
-    if not trusted_keys:
-        return
-    from .signing import SignatureError, verify_bundle
-
-    try:
-        verify_bundle(bundle_dir, trusted_keys)
-    except SignatureError as exc:
-        raise ModelError(f"{bundle_dir}: {exc}") from None
-
-
-def _unpack(archive: Path, state_dir: Path | None, trusted_keys: Sequence[Path]) -> Path:
-    from .packing import PackError, unpack_bundle
-    from .signing import SignatureError
-
-    if not archive.is_file():
-        raise ModelError(f"bundle {archive} does not exist")
-    root = (state_dir or Path.home() / ".local" / "state" / "edge-runtime") / "bundles"
-    try:
-        return unpack_bundle(archive, root, trusted_keys=trusted_keys)
-    except (PackError, SignatureError) as exc:
-        raise ModelError(f"{archive}: {exc}") from None
-
-
 def _copy_from(tensor: np.ndarray) -> Any:
     def fill(buffer: np.ndarray) -> None:
         np.copyto(buffer, tensor, casting="unsafe")  # as preprocessing in place would write it
@@ -205,6 +153,16 @@ def open_model(path: Path, *, threads: int | None = None, delegate: str | None =
         bundle = resolve_bundle(path, state_dir=state_dir, trusted_keys=trusted_keys, hints=hints)
     except (BundleError, ValueError) as exc:
         raise ModelError(str(exc)) from None
+    return open_bundle(bundle, threads=threads, delegate=delegate,
+                       allow_cpu_fallback=allow_cpu_fallback, hints=hints, params=params,
+                       source=path)
+
+
+def open_bundle(bundle: Bundle, *, threads: int | None = None, delegate: str | None = None,
+                allow_cpu_fallback: bool = False, hints: Hints | None = None,
+                params: dict[str, Any] | None = None, source: Path | None = None) -> LoadedModel:
+    """Load the interpreter for a bundle already resolved (and verified, when signed)."""
+    path = source or bundle.root or bundle.model_path
     profile = bundle.profile
     threads = threads or _profile_threads(profile)
     delegate = delegate or _profile_delegate(profile)
@@ -218,6 +176,36 @@ def open_model(path: Path, *, threads: int | None = None, delegate: str | None =
     except (ValueError, BundleError) as exc:
         backend.close()
         raise ModelError(f"{path}: {exc}") from None
+
+
+class ModelLoader:
+    """Loads a pipeline's model the way the daemon is configured to (state dir, trusted keys,
+    threads, delegate): what ``Control`` is handed to load a candidate, instead of the daemon."""
+
+    def __init__(self, state_dir: Path, trusted_keys: Sequence[Path]) -> None:
+        self.state_dir = state_dir
+        self.trusted_keys = list(trusted_keys)
+
+    def resolve(self, path: Path, config: PipelineConfig) -> Bundle:
+        try:
+            return resolve_bundle(path, state_dir=self.state_dir, trusted_keys=self.trusted_keys,
+                                  hints=hints_for(config))
+        except (BundleError, ValueError) as exc:
+            raise ModelError(str(exc)) from None
+
+    def load(self, config: PipelineConfig, bundle: Bundle | None = None) -> LoadedModel:
+        """``config``'s model: its own bundle path, or ``bundle`` (already resolved) instead."""
+        if bundle is None:
+            bundle = self.resolve(config.bundle, config)
+        return open_bundle(bundle, threads=config.threads, delegate=config.delegate,
+                           allow_cpu_fallback=config.allow_cpu_fallback, hints=hints_for(config),
+                           params=config.postprocess)
+
+
+def hints_for(config: PipelineConfig) -> Hints:
+    m = config.model
+    return Hints(labels=m.labels, task=m.task, input_mean=m.input_mean, input_std=m.input_std,
+                 color=m.color, resize=m.resize, decoder=m.decoder)
 
 
 def _profile_threads(profile: dict[str, Any]) -> int | None:

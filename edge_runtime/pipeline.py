@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_runtime.publish.policy import PolicySettings, PublishPolicy
+
 from .config import PipelineConfig
 from .frames import Frame
 from .metrics import PipelineMetrics
 from .model import LoadedModel
-from .policy import PolicySettings, PublishPolicy
 from .publish.outbox import Outbox
 from .publish.payloads import FrameInfo, ModelInfo, ResultMessage, Timing
 from .sources import SourceOptions, WindowSpec, open_source

@@ -151,7 +151,7 @@ def _number_list(text: str) -> float | list[float]:
 
 def check_config_file(path: Path) -> list[str]:
     """Validate ``path`` fully (schema, sources, bundles) without loading models."""
-    from .model import resolve_bundle
+    from .bundles.resolve import resolve_bundle
     from .sources import SourceError, SourceOptions, open_source
 
     config = load_config(path)

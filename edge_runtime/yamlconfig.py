@@ -12,11 +12,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from edge_runtime.errors import EdgeError
+
 M = TypeVar("M", bound=BaseModel)
 MAX_REPORTED = 3
 
 
-class ConfigError(Exception):
+class ConfigError(EdgeError):
     """A configuration file or value that cannot be used; one line naming key and line."""
 
 

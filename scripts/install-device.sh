@@ -221,8 +221,8 @@ install_unit() {
     if (cd / && "$venv/bin/python" "$venv/bin/edge-runtime" service-unit --config "$CONFIG_PATH") \
         >"$unit" 2>"$WORK/cli.err"; then
         :
-    elif (cd / && "$venv/bin/python" -m edge_runtime.service --config "$CONFIG_PATH") >"$unit"; then
-        note "unit rendered by python -m edge_runtime.service (CLI: $(tail -n 1 "$WORK/cli.err"))"
+    elif (cd / && "$venv/bin/python" -m edge_runtime.system.service --config "$CONFIG_PATH") >"$unit"; then
+        note "unit rendered by python -m edge_runtime.system.service (CLI: $(tail -n 1 "$WORK/cli.err"))"
     else
         die "cannot render the systemd unit"
     fi

@@ -16,7 +16,7 @@ from edge_runtime.backends.base import (
     Backend,
     BackendError,
     DelegateError,
-    ModelError,
+    ModelFileError,
     TensorInfo,
 )
 from edge_runtime.backends.delegates import DelegateSpec, parse_delegate
@@ -35,7 +35,7 @@ __all__ = [
     "BackendError",
     "DelegateError",
     "DelegateSpec",
-    "ModelError",
+    "ModelFileError",
     "TensorInfo",
     "default_threads",
     "load_backend",
@@ -66,7 +66,7 @@ def _installed(module: str) -> bool:
 
 def default_threads() -> int:
     """Every usable core, at most four: beyond that XNNPACK rarely gains on small models."""
-    from edge_runtime.sysinfo import cpu_count
+    from edge_runtime.system.sysinfo import cpu_count
 
     return max(1, min(MAX_DEFAULT_THREADS, cpu_count()))
 

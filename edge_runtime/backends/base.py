@@ -9,12 +9,14 @@ from types import TracebackType
 
 import numpy as np
 
+from edge_runtime.errors import EdgeError
 
-class BackendError(Exception):
+
+class BackendError(EdgeError):
     """A model or delegate that cannot be loaded or run; the message is one line."""
 
 
-class ModelError(BackendError):
+class ModelFileError(BackendError):
     """The model itself cannot be loaded (missing, empty, corrupt, unsupported ops)."""
 
 

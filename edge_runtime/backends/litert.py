@@ -20,7 +20,7 @@ from edge_runtime.backends.base import (
     Backend,
     BackendError,
     DelegateError,
-    ModelError,
+    ModelFileError,
     TensorInfo,
 )
 from edge_runtime.backends.delegates import DelegateSpec, first_line, load_external, unavailable
@@ -101,31 +101,31 @@ def read_model(model: str | os.PathLike[str] | bytes | bytearray | memoryview) -
     try:
         size = path.stat().st_size
         if path.is_dir():
-            raise ModelError(f"cannot load model {name}: is a directory, not a .tflite file")
+            raise ModelFileError(f"cannot load model {name}: is a directory, not a .tflite file")
         with path.open("rb") as f:
             header = f.read(8)
     except FileNotFoundError:
-        raise ModelError(f"cannot load model {name}: file not found") from None
+        raise ModelFileError(f"cannot load model {name}: file not found") from None
     except OSError as exc:
-        raise ModelError(f"cannot load model {name}: {exc.strerror or exc}") from None
+        raise ModelFileError(f"cannot load model {name}: {exc.strerror or exc}") from None
     _check_header(header, name, size, "file")
     return ModelSource(name=name, path=str(path))
 
 
 def _check_header(header: bytes, name: str, size: int, noun: str) -> None:
     if size == 0:
-        raise ModelError(f"cannot load model {name}: {noun} is empty")
+        raise ModelFileError(f"cannot load model {name}: {noun} is empty")
     if header[4:8] != FLATBUFFER_ID:
-        raise ModelError(f"cannot load model {name}: not a TFLite flatbuffer")
+        raise ModelFileError(f"cannot load model {name}: not a TFLite flatbuffer")
 
 
-def model_error(source: ModelSource, exc: BaseException) -> ModelError:
+def model_error(source: ModelSource, exc: BaseException) -> ModelFileError:
     line = first_line(exc) or type(exc).__name__
     if "not a valid Flatbuffer" in line:
         line = "not a TFLite flatbuffer (corrupt or truncated)"
     elif "edgetpu-custom-op" in line:
         line = "compiled for the Edge TPU and needs the edgetpu delegate"
-    return ModelError(f"cannot load model {source.name}: {line}")
+    return ModelFileError(f"cannot load model {source.name}: {line}")
 
 
 def create_interpreter(
@@ -171,8 +171,8 @@ def open_interpreter(
     _warn_once(f"{reason}; running on the CPU")
     try:
         return create_interpreter(runtime, source, threads), "xnnpack", reason
-    except ModelError as exc:
-        raise ModelError(f"{exc} ({reason})") from None
+    except ModelFileError as exc:
+        raise ModelFileError(f"{exc} ({reason})") from None
 
 
 def _cpu_interpreter(runtime: Runtime, source: ModelSource, spec: DelegateSpec,
@@ -194,7 +194,7 @@ def _delegated_interpreter(runtime: Runtime, source: ModelSource, spec: Delegate
     delegate = load_external(spec, runtime.load_delegate)
     try:
         return create_interpreter(runtime, source, threads, delegates=[delegate])
-    except ModelError as exc:
+    except ModelFileError as exc:
         # Tell a model the runtime rejects from a delegate that rejects the model.
         create_interpreter(runtime, source, threads)
         raise unavailable(spec, f"it could not run this model ({exc.args[0]})") from None

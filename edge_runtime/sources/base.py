@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.errors import EdgeError
 from edge_runtime.frames import Frame
 
 
-class SourceError(Exception):
+class SourceError(EdgeError):
     """A source cannot be parsed, opened or read. The message is one line naming the source."""
 
 

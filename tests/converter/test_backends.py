@@ -21,7 +21,7 @@ from edge_runtime.backends import (
     Backend,
     BackendError,
     DelegateError,
-    ModelError,
+    ModelFileError,
     load_backend,
     parse_delegate,
     runtime_candidates,
@@ -330,7 +330,7 @@ def test_closed_backend_refuses_work(models: Path) -> None:
 def test_bad_model_file_is_one_line(tmp_path: Path, content: bytes, reason: str) -> None:
     path = tmp_path / "x.tflite"
     path.write_bytes(content)
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelFileError) as info:
         load_backend(path)
     assert str(info.value) == f"cannot load model {path}: {reason}"
 
@@ -338,17 +338,17 @@ def test_bad_model_file_is_one_line(tmp_path: Path, content: bytes, reason: str)
 def test_truncated_model(tmp_path: Path, models: Path) -> None:
     path = tmp_path / "cut.tflite"
     path.write_bytes((models / "float.tflite").read_bytes()[:400])
-    with pytest.raises(ModelError, match=r"cut\.tflite: not a TFLite flatbuffer") as info:
+    with pytest.raises(ModelFileError, match=r"cut\.tflite: not a TFLite flatbuffer") as info:
         load_backend(path)
     assert "\n" not in str(info.value)
 
 
 def test_missing_model_and_directory(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match=r"missing\.tflite: file not found"):
+    with pytest.raises(ModelFileError, match=r"missing\.tflite: file not found"):
         load_backend(tmp_path / "missing.tflite")
-    with pytest.raises(ModelError, match="is a directory"):
+    with pytest.raises(ModelFileError, match="is a directory"):
         load_backend(tmp_path)
-    with pytest.raises(ModelError, match="<bytes>: model is empty"):
+    with pytest.raises(ModelFileError, match="<bytes>: model is empty"):
         load_backend(b"")
 
 
@@ -428,14 +428,14 @@ def test_fallback_warns_once(models: Path, caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_edgetpu_compiled_model_on_the_cpu(models: Path) -> None:
-    with pytest.raises(ModelError, match="compiled for the Edge TPU") as info:
+    with pytest.raises(ModelFileError, match="compiled for the Edge TPU") as info:
         load_backend(models / "edgetpu.tflite")
     assert "\n" not in str(info.value)
 
 
 @pytest.mark.skipif(edgetpu_installed(), reason="libedgetpu is installed here")
 def test_edgetpu_compiled_model_says_why_the_fallback_failed(models: Path) -> None:
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelFileError) as info:
         load_backend(models / "edgetpu.tflite", delegate="edgetpu", allow_cpu_fallback=True)
     message = str(info.value)
     assert "compiled for the Edge TPU" in message
@@ -445,7 +445,7 @@ def test_edgetpu_compiled_model_says_why_the_fallback_failed(models: Path) -> No
 def test_fallback_does_not_hide_a_bad_model(tmp_path: Path) -> None:
     path = tmp_path / "bad.tflite"
     path.write_bytes(b"garbage" * 10)
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelFileError):
         load_backend(path, delegate="edgetpu", allow_cpu_fallback=True)
 
 

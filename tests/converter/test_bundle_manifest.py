@@ -28,7 +28,7 @@ from converters.bundle_writer import BundleParts, write_bundle
 from converters.data import Dataset
 from converters.profiles import load_profile
 from converters.verify import compare, float_tensors, reference_stats, run_model
-from edge_runtime.bundle import (
+from edge_runtime.bundles.manifest import (
     BundleError,
     bare_model,
     load_bundle_dir,

@@ -84,7 +84,7 @@ def test_venv_imports_the_package_without_tensorflow(staged: Path) -> None:
     root = staged
     venv = root / "opt/edge-runtime"
     probe = (
-        "import importlib.util, edge_runtime, edge_runtime.service;"
+        "import importlib.util, edge_runtime, edge_runtime.system.service;"
         "print(edge_runtime.__file__);"
         "print(importlib.util.find_spec('tensorflow') is None)"
     )

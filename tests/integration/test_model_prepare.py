@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.model import open_model
-from edge_runtime.sysinfo import cpu_count
+from edge_runtime.system.sysinfo import cpu_count
 
 
 def images(digits: Path, count: int) -> list[np.ndarray]:

@@ -11,8 +11,7 @@ import threading
 from typing import Any
 
 import pytest
-
-from edge_runtime.commands import (
+from edge_runtime.control.dispatcher import (
     QUEUE_SIZE,
     CommandDispatcher,
     CommandRefused,
@@ -173,7 +172,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr("edge_runtime.commands.time.monotonic", fake)
+    monkeypatch.setattr("edge_runtime.control.dispatcher.time.monotonic", fake)
     return fake
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.notify import Notifier
+from edge_runtime.system.notify import Notifier
 
 
 class FakeClock:
@@ -139,13 +139,13 @@ def test_dead_socket_never_raises_and_logs_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone"), "WATCHDOG_USEC": "1000000"})
-    with caplog.at_level(logging.WARNING, logger="edge_runtime.notify"):
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.system.notify"):
         notifier.ready()
         notifier.watchdog()
         notifier.status("still alive")
         notifier.stopping()
     assert notifier.send("READY=1") is False
-    warnings = [r for r in caplog.records if r.name == "edge_runtime.notify"]
+    warnings = [r for r in caplog.records if r.name == "edge_runtime.system.notify"]
     assert len(warnings) == 1
 
 

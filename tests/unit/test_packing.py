@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.packing import PackError, pack_bundle, unpack_bundle
-from edge_runtime.signing import SignatureError, generate_keypair
+from edge_runtime.bundles.packing import PackError, pack_bundle, unpack_bundle
+from edge_runtime.bundles.signing import SignatureError, generate_keypair
 
 
 def make_bundle(root: Path, name: str = "digits-rpi4", model: bytes = b"TFL3model") -> Path:
@@ -84,14 +84,14 @@ def test_pack_writes_archive_beside_the_bundle(bundle: Path) -> None:
 
 
 def test_round_trip_restores_every_byte(bundle: Path, dest: Path) -> None:
-    unpacked = unpack_bundle(pack_bundle(bundle), dest)
+    unpacked, _ = unpack_bundle(pack_bundle(bundle), dest)
     assert unpacked == dest / "digits-rpi4"
     assert tree(unpacked) == tree(bundle)
     assert sorted(p.name for p in dest.iterdir()) == ["digits-rpi4"]
 
 
 def test_unpack_accepts_bytes(bundle: Path, dest: Path) -> None:
-    unpacked = unpack_bundle(pack_bundle(bundle).read_bytes(), dest)
+    unpacked, _ = unpack_bundle(pack_bundle(bundle).read_bytes(), dest)
     assert tree(unpacked) == tree(bundle)
 
 
@@ -113,8 +113,9 @@ def test_pack_signs_when_given_a_key(bundle: Path, dest: Path, tmp_path: Path) -
     archive = pack_bundle(bundle, sign_key=private)
     with tarfile.open(archive) as tar:
         assert "digits-rpi4/signature.json" in tar.getnames()
-    unpacked = unpack_bundle(archive, dest, trusted_keys=[public])
+    unpacked, signer = unpack_bundle(archive, dest, trusted_keys=[public])
     assert (unpacked / "signature.json").is_file()
+    assert signer is not None and len(signer) == 16
 
 
 def test_untrusted_archive_leaves_nothing_behind(bundle: Path, dest: Path, tmp_path: Path) -> None:
@@ -130,7 +131,7 @@ def test_new_version_replaces_the_old_one(bundle: Path, dest: Path, tmp_path: Pa
     (bundle / "old-only.txt").write_text("gone after the update")
     unpack_bundle(pack_bundle(bundle), dest)
     newer = make_bundle(tmp_path / "v2", model=b"TFL3newer")
-    unpacked = unpack_bundle(pack_bundle(newer), dest)
+    unpacked, _ = unpack_bundle(pack_bundle(newer), dest)
     assert tree(unpacked) == tree(newer)
     assert sorted(p.name for p in dest.iterdir()) == ["digits-rpi4"]
 
@@ -190,7 +191,7 @@ def test_archive_larger_than_the_limit_is_refused(dest: Path) -> None:
 
 def test_dot_slash_prefix_is_accepted(dest: Path) -> None:
     archive = tar_bytes(directory("./"), directory("./b"), member("./b/manifest.json", b"{}"))
-    assert (unpack_bundle(archive, dest) / "manifest.json").read_bytes() == b"{}"
+    assert (unpack_bundle(archive, dest)[0] / "manifest.json").read_bytes() == b"{}"
 
 
 @pytest.mark.parametrize(
@@ -240,5 +241,5 @@ def test_any_bundle_survives_a_round_trip(tmp_path: Path, files: dict[str, bytes
     bundle = make_bundle(work / "src")
     for name, data in files.items():
         (bundle / name).write_bytes(data)
-    unpacked = unpack_bundle(pack_bundle(bundle), work / "dest")
+    unpacked, _ = unpack_bundle(pack_bundle(bundle), work / "dest")
     assert tree(unpacked) == tree(bundle)

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.policy import PolicySettings, PublishPolicy
 from edge_runtime.postprocess import Detection, Outcome, Prediction
 from edge_runtime.postprocess.classify import classification_outcome
 from edge_runtime.postprocess.detect import detection_outcome
 from edge_runtime.postprocess.sensor import anomaly_outcome
+from edge_runtime.publish.policy import PolicySettings, PublishPolicy
 
 
 def cls(label: str, score: float, runner_up: float = 0.0) -> Outcome:

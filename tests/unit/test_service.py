@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.service import main, render_unit
+from edge_runtime.system.service import main, render_unit
 
 HARDENING = [
     "NoNewPrivileges=yes",

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edge_runtime.signing import (
+from edge_runtime.bundles.signing import (
     SignatureError,
     generate_keypair,
     key_id,

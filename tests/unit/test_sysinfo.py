@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime import sysinfo
+from edge_runtime.system import sysinfo
 
 
 def make_zones(root: Path, zones: list[tuple[str, str]]) -> Path:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from edge_runtime.errors import EdgeError
+
 ARCHIVE_SUFFIX = ".tar.gz"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MAX_BYTES = 512 * 2**20
@@ -27,7 +29,7 @@ _FILE_MODE = 0o644
 _DIR_MODE = 0o755
 
 
-class PackError(Exception):
+class PackError(EdgeError):
     """A bundle cannot be packed, or an archive is unsafe, corrupt or not a bundle."""
 
 
@@ -38,7 +40,7 @@ def pack_bundle(bundle_dir: Path, sign_key: Path | None = None, out: Path | None
         raise PackError(f"{bundle_dir} is not a bundle directory (no {MANIFEST_FILE})")
     if sign_key is not None:
         # Imported here: cryptography costs start-up time a daemon without signing need not pay.
-        from edge_runtime.signing import SignatureError, sign_bundle
+        from edge_runtime.bundles.signing import SignatureError, sign_bundle
 
         try:
             sign_bundle(bundle_dir, sign_key)
@@ -59,8 +61,8 @@ def unpack_bundle(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     trusted_keys: Sequence[Path] = (),
-) -> Path:
-    """Extract a packed bundle under ``dest_root`` and return its directory.
+) -> tuple[Path, str | None]:
+    """Extract a packed bundle under ``dest_root``; return its directory and who signed it.
 
     The archive must hold exactly one top-level directory of regular files. It is extracted into
     a fresh temporary directory, verified against ``trusted_keys`` when any are given (raising
@@ -78,11 +80,12 @@ def unpack_bundle(
         bundle = staging / top
         if not (bundle / MANIFEST_FILE).is_file():
             raise PackError(f"archive holds no {top}/{MANIFEST_FILE}; not a bundle")
+        signer = None
         if trusted_keys:
-            from edge_runtime.signing import verify_bundle
+            from edge_runtime.bundles.signing import verify_bundle
 
-            verify_bundle(bundle, trusted_keys)
-        return _move_into_place(bundle, dest_root / top, staging)
+            signer = verify_bundle(bundle, trusted_keys)
+        return _move_into_place(bundle, dest_root / top, staging), signer
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -19,6 +19,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge_runtime.errors import EdgeError
+
 SIGNATURE_FILE = "signature.json"
 SIGNATURE_SCHEMA = "edge-signature/1"
 ALGORITHM = "ed25519"
@@ -27,7 +29,7 @@ PUBLIC_KEY_NAME = "edge-signing.pub"
 _CHUNK = 1 << 20
 
 
-class SignatureError(Exception):
+class SignatureError(EdgeError):
     """A key or a bundle signature is missing, malformed or does not verify."""
 
 

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge_runtime.errors import EdgeError
+
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
 
 
-class CommandRefused(Exception):
+class CommandRefused(EdgeError):
     """Reply ``ok: false`` with this message."""
 
 

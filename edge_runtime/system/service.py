@@ -1,6 +1,6 @@
 """The systemd unit that runs the daemon on a board.
 
-Standard library only, so that ``python -m edge_runtime.service`` works in a fresh install
+Standard library only, so that ``python -m edge_runtime.system.service`` works in a fresh install
 before anything else does.
 """
 
@@ -170,8 +170,8 @@ def _checked_path(what: str, value: str | os.PathLike[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m edge_runtime.service``: print the unit (for installs without the CLI)."""
-    parser = argparse.ArgumentParser(prog="python -m edge_runtime.service", description=__doc__)
+    """``python -m edge_runtime.system.service``: print the unit (for installs without the CLI)."""
+    parser = argparse.ArgumentParser(prog="python -m edge_runtime.system.service", description=__doc__)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--exec-path", default=DEFAULT_EXEC)
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR)

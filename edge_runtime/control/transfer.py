@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .commands import CommandRefused, expect
+from edge_runtime.control.dispatcher import CommandRefused, expect
 
 MAX_TRANSFERS = 2
 TRANSFER_TTL_S = 120.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .publish.payloads import encode
-from .publish.topics import Topics
+from edge_runtime.publish.payloads import encode
+from edge_runtime.publish.topics import Topics
 
 
 def discovery_messages(topics: Topics, device: str, pipelines: list[str], version: str,

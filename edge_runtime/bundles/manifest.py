@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .preprocess import InputSpec
+from edge_runtime.errors import EdgeError
+from edge_runtime.preprocess import InputSpec
 
 SCHEMA = "edge-bundle/1"
 MANIFEST = "manifest.json"
@@ -23,7 +24,7 @@ Task = Literal["classification", "detection", "regression", "anomaly", "raw"]
 TASKS: tuple[str, ...] = ("classification", "detection", "regression", "anomaly", "raw")
 
 
-class BundleError(Exception):
+class BundleError(EdgeError):
     """A bundle or model that cannot be used; the message is one line naming the problem."""
 
 
@@ -91,6 +92,7 @@ class Bundle:
     sha256: str
     root: Path | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    signed_by: str | None = None   # the trusted key id that verified it, once, when resolved
 
     @property
     def model_info(self) -> dict[str, str]:

@@ -1,0 +1,88 @@
+"""From a path on the board to a checked :class:`Bundle`: a directory, a pack or a bare model.
+
+This is where a signature is verified, once: a directory here, a pack while it is unpacked
+(:func:`edge_runtime.bundles.packing.unpack_bundle`). The bundle that comes out says who signed
+it, and loading the model later trusts that instead of hashing every file again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.bundles.manifest import Bundle, BundleError, bare_model, load_bundle_dir, read_labels
+from edge_runtime.bundles.packing import PackError, unpack_bundle
+from edge_runtime.system.paths import default_state_dir
+
+PACK_SUFFIXES = (".tar.gz", ".tgz")
+
+
+@dataclass
+class Hints:
+    """How to read a bare ``.tflite`` (ignored for bundles, whose manifest says it all)."""
+
+    labels: Path | None = None
+    task: str | None = None
+    input_mean: Any = None
+    input_std: Any = None
+    color: str | None = None
+    resize: str | None = None
+    decoder: str | None = None
+
+
+def resolve_bundle(path: Path, *, state_dir: Path | None = None,
+                   trusted_keys: Sequence[Path] = (), hints: Hints | None = None) -> Bundle:
+    """Find and check the bundle at ``path`` (without loading the interpreter); BundleError."""
+    path = Path(path)
+    if trusted_keys and path.suffix == ".tflite":
+        raise BundleError(f"{path}: a bare .tflite cannot be signed; with trusted keys only "
+                          "signed bundles are loaded")
+    if path.is_dir():
+        return load_verified(path, trusted_keys)
+    if path.name.endswith(PACK_SUFFIXES):
+        return unpack_pack(path, (state_dir or default_state_dir()) / "bundles", trusted_keys)
+    if path.suffix == ".tflite":
+        h = hints or Hints()
+        labels = read_labels(h.labels) if h.labels else None
+        return bare_model(path, labels=labels, task=h.task)
+    if not path.exists():
+        raise BundleError(f"bundle {path} does not exist")
+    raise BundleError(f"{path}: expected a bundle directory, a .tar.gz or a .tflite file")
+
+
+def load_verified(bundle_dir: Path, trusted_keys: Sequence[Path]) -> Bundle:
+    """A bundle directory, its signature checked against ``trusted_keys`` when any are given."""
+    signer = verify(bundle_dir, trusted_keys) if trusted_keys else None
+    bundle = load_bundle_dir(bundle_dir)
+    bundle.signed_by = signer
+    return bundle
+
+
+def verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> str:
+    """The key id that signed ``bundle_dir``; BundleError naming the problem otherwise."""
+    # Imported here: cryptography costs start-up time a daemon without signing need not pay.
+    from edge_runtime.bundles.signing import SignatureError, verify_bundle
+
+    try:
+        return verify_bundle(bundle_dir, trusted_keys)
+    except SignatureError as exc:
+        raise BundleError(f"{bundle_dir}: {exc}") from None
+
+
+def unpack_pack(archive: Path | bytes, dest_root: Path, trusted_keys: Sequence[Path],
+                name: str | None = None) -> Bundle:
+    """Unpack a pack under ``dest_root`` (its signature checked on the way) and load it."""
+    from edge_runtime.bundles.signing import SignatureError
+
+    where = name or (archive if isinstance(archive, Path) else "archive")
+    if isinstance(archive, Path) and not archive.is_file():
+        raise BundleError(f"bundle {archive} does not exist")
+    try:
+        root, signer = unpack_bundle(archive, dest_root, trusted_keys=trusted_keys)
+    except (PackError, SignatureError) as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    bundle = load_bundle_dir(root)
+    bundle.signed_by = signer
+    return bundle

@@ -1,0 +1,82 @@
+"""The bundles a board keeps, and the places a ``reload`` may read one from.
+
+Installed bundles live in ``STATE/bundles/<name>``; a pushed or reloaded pack is unpacked apart,
+under ``STATE/incoming``, and only a bundle that now serves is moved into ``STATE/bundles`` (a
+refused one must never replace the copy a restart loads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from edge_runtime.bundles.manifest import Bundle, BundleError
+from edge_runtime.bundles.resolve import unpack_pack
+
+log = logging.getLogger(__name__)
+MAX_PATH = 4096
+
+
+class BundleStore:
+    def __init__(self, state_dir: Path, roots: Sequence[Path], trusted_keys: Sequence[Path]) -> None:
+        self.state_dir = state_dir
+        self.extra_roots = list(roots)
+        self.trusted_keys = list(trusted_keys)
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.state_dir / "bundles"
+
+    def roots(self) -> list[Path]:
+        """Where ``reload`` may read bundles from, links resolved."""
+        return [Path(os.path.realpath(r)) for r in (self.bundles_dir, *self.extra_roots)]
+
+    def check_path(self, raw: str) -> Path:
+        """``raw`` resolved, if it lies under an allowed root and exists; BundleError otherwise."""
+        if not raw or len(raw) > MAX_PATH or "\0" in raw:
+            raise BundleError("'bundle' must be a path")
+        path = Path(os.path.realpath(raw))
+        if not any(path == r or path.is_relative_to(r) for r in self.roots()):
+            raise BundleError(f"bundle path {raw[:200]!r} is outside the places bundles may be "
+                              "loaded from")
+        if not path.exists():
+            raise BundleError(f"bundle {raw[:200]!r} does not exist")
+        return path
+
+    @contextlib.contextmanager
+    def staged(self, archive: Path | bytes, label: str) -> Iterator[Bundle]:
+        """The pack unpacked (and its signature verified) in a folder of its own under
+        ``STATE/incoming``; whatever is not kept is removed on leaving."""
+        incoming = self.state_dir / "incoming"
+        try:
+            incoming.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=incoming))
+        except OSError as exc:
+            raise BundleError(f"cannot stage a bundle in {incoming}: {exc.strerror or exc}") from None
+        try:
+            yield unpack_pack(archive, staging, self.trusted_keys, name=label)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def keep(self, staged: Path) -> Path:
+        """Move a bundle now serving into ``STATE/bundles``, replacing an older copy."""
+        final = self.bundles_dir / staged.name
+        parked = staged.with_name(f"{staged.name}.previous")  # inside staging: removed with it
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                os.rename(final, parked)
+            os.rename(staged, final)
+        except OSError as exc:
+            if parked.exists() and not final.exists():
+                with contextlib.suppress(OSError):
+                    os.rename(parked, final)
+            log.warning("bundle %s serves but could not be kept in %s: %s", staged.name,
+                        final.parent, exc.strerror or exc)
+            return staged
+        return final
