@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from edge_runtime.errors import EdgeError
+from edge_runtime.postprocess import TASKS
 from edge_runtime.preprocess import as_tuple
 
 from . import __version__
@@ -70,8 +71,7 @@ def profiles(as_json: bool) -> None:
               help="Colour order the model expects (default from its channels).")
 @click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default="stretch",
               show_default=True)
-@click.option("--task", type=click.Choice(["classification", "detection", "regression",
-                                           "anomaly", "raw"]))
+@click.option("--task", type=click.Choice(TASKS))
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
               help="Accuracy gate in points; exit 3 when the quantized model loses more.")
 @click.option("--samples", type=click.IntRange(min=1), default=300, show_default=True,

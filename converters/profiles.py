@@ -8,7 +8,6 @@ runtime that must load the model). Shipped profiles live in ``device_profiles/``
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
@@ -16,11 +15,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from converters.errors import ConvertError
+from edge_runtime.yamlconfig import describe_errors, did_you_mean, parse_yaml
 
 ENV_PROFILES_DIR = "EDGE_PROFILES_DIR"
 DELEGATE_NAMES = ("xnnpack", "edgetpu", "gpu", "none")
@@ -30,7 +29,6 @@ _RUNTIME = re.compile(r"^(ai-edge-litert|tflite-runtime|tensorflow) (\d+(?:\.\d+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _OP_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _RULE = "profile_rule"
-_MAX_REPORTED = 3
 
 
 class ProfileError(ConvertError):
@@ -143,7 +141,7 @@ class Profile(_Strict):
         if delegate in DELEGATE_NAMES or _LIBRARY.match(delegate):
             return delegate
         names = ", ".join(DELEGATE_NAMES)
-        raise ValueError(f"unknown delegate {delegate!r}{_did_you_mean(delegate, DELEGATE_NAMES)}; "
+        raise ValueError(f"unknown delegate {delegate!r}{did_you_mean(delegate, DELEGATE_NAMES)}; "
                          f"expected one of {names} or a path to a delegate library (.so)")
 
     @field_validator("min_runtime")
@@ -230,20 +228,22 @@ def load_profile(name_or_path: str | Path) -> Profile:
     files = {path.stem: path for path in _profile_files()}
     if text not in files:
         names = sorted(files)
-        raise ProfileError(f"unknown profile {text!r}{_did_you_mean(text, names)}; "
+        raise ProfileError(f"unknown profile {text!r}{did_you_mean(text, names)}; "
                            f"available: {', '.join(names)}")
     return _load_named_file(files[text])
 
 
 def load_profile_file(path: Path) -> Profile:
     """Read and validate one profile file; ``name`` defaults to the file's stem."""
-    root, data = _parse_yaml(path)
+    root, data = parse_yaml(path, what="profile", error=ProfileError, example="`arch: aarch64`",
+                            duplicates=True)
     data.setdefault("name", path.stem)
     data["source"] = str(path)
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(_describe_errors(path, root, exc)) from None
+        raise ProfileError(describe_errors(str(path), root, exc, Profile, hidden=("source",))) \
+            from None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -264,127 +264,6 @@ def _load_named_file(path: Path) -> Profile:
         raise ProfileError(f"{path}: name {profile.name!r} does not match the file name; "
                            f"rename the file to {profile.name}{path.suffix} or fix the name")
     return profile
-
-
-def _parse_yaml(path: Path) -> tuple[yaml.Node, dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(f"profile file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc}") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
-        raise ProfileError(f"{path}: line {line}: not valid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-    if root is None or not isinstance(data, dict):
-        raise ProfileError(f"{path}: a profile is a mapping of keys, e.g. `arch: aarch64`")
-    _check_duplicate_keys(path, root)
-    return root, data
-
-
-def _check_duplicate_keys(path: Path, node: yaml.Node) -> None:
-    if isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicate_keys(path, item)
-    if not isinstance(node, yaml.MappingNode):
-        return
-    seen: dict[str, int] = {}
-    for key, value in node.value:
-        line = key.start_mark.line + 1
-        if isinstance(key, yaml.ScalarNode) and key.value in seen:
-            raise ProfileError(f"{path}: line {line}: duplicate key {key.value!r} "
-                               f"(first at line {seen[key.value]})")
-        if isinstance(key, yaml.ScalarNode):
-            seen[key.value] = line
-        _check_duplicate_keys(path, value)
-
-
-# --- error messages ------------------------------------------------------------------------------
-
-
-def _describe_errors(path: Path, root: yaml.Node, exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    parts = [_describe_error(root, error) for error in errors[:_MAX_REPORTED]]
-    more = len(errors) - _MAX_REPORTED
-    suffix = f" (and {more} more)" if more > 0 else ""
-    return f"{path}: " + "; ".join(parts) + suffix
-
-
-def _describe_error(root: yaml.Node, error: ErrorDetails) -> str:
-    loc: tuple[int | str, ...] = tuple(error["loc"])
-    ctx = error.get("ctx") or {}
-    if error["type"] == _RULE:
-        loc = loc + tuple(str(ctx["key"]).split("."))
-    return f"line {_line_of(root, loc)}: {_dotted(loc)}: {_message(error, loc)}"
-
-
-def _message(error: ErrorDetails, loc: tuple[int | str, ...]) -> str:
-    kind, value = error["type"], error.get("input")
-    if kind == "extra_forbidden":
-        return "unknown key" + _did_you_mean(str(loc[-1]), _known_keys(loc[:-1]))
-    if kind == "missing":
-        return "required key is missing"
-    text = error["msg"].removeprefix("Value error, ")
-    message = text[:1].lower() + text[1:]
-    if kind == "literal_error" and isinstance(value, str):
-        expected = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
-        return message + f", got {value!r}" + _did_you_mean(value, expected)
-    if kind.endswith("_type"):
-        return message + f", got {value!r}"
-    return message
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
-
-
-def _known_keys(parent: tuple[int | str, ...]) -> list[str]:
-    model: type[BaseModel] = Profile
-    for part in parent:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return [name for name in model.model_fields if name != "source"]
-
-
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text.lstrip(".") or "(top level)"
-
-
-def _line_of(root: yaml.Node, loc: tuple[int | str, ...]) -> int:
-    """Line of the deepest key of ``loc`` present in the YAML (the parent's, if it is missing)."""
-    node, line = root, root.start_mark.line + 1
-    for part in loc:
-        found = _child(node, part)
-        if found is None:
-            break
-        marker, node = found
-        line = marker.start_mark.line + 1
-    return line
-
-
-def _child(node: yaml.Node, part: int | str) -> tuple[yaml.Node, yaml.Node] | None:
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                return key, value
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        return node.value[part], node.value[part]
-    return None
 
 
 # --- presentation --------------------------------------------------------------------------------

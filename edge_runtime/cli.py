@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import EdgeError
+from .postprocess import TASKS
 
 log = logging.getLogger("edge_runtime")
 
@@ -47,8 +48,7 @@ def cli(verbose: int) -> None:
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after N results.")
 @click.option("--loop", is_flag=True, default=None, help="Repeat a file or folder source.")
 @click.option("--labels", type=click.Path(path_type=Path), help="labels.txt for a bare model.")
-@click.option("--task", type=click.Choice(["classification", "detection", "regression",
-                                           "anomaly", "raw"]), help="Task of a bare model.")
+@click.option("--task", type=click.Choice(TASKS), help="Task of a bare model.")
 @click.option("--input-mean", help="Mean for a bare model (number or list).")
 @click.option("--input-std", help="Std for a bare model (number or list).")
 @click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]), help="For a bare model.")

@@ -10,9 +10,10 @@ import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,8 +23,14 @@ from pydantic import (
     model_validator,
 )
 
+from .postprocess import DECODERS, TASKS
+from .publish.policy import MODES
 from .system.paths import default_state_dir
-from .yamlconfig import ConfigError, describe_errors, parse_yaml
+from .yamlconfig import ConfigError, describe_errors, one_of, parse_yaml
+
+TaskName = Annotated[str, AfterValidator(one_of("task", TASKS))]
+DecoderName = Annotated[str, AfterValidator(one_of("decoder", DECODERS))]
+PublishMode = Annotated[str, AfterValidator(one_of("mode", MODES))]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -62,7 +69,7 @@ class MqttConfig(_Model):
 
 
 class PublishConfig(_Model):
-    mode: Literal["every", "change", "threshold"] = Field("every", description="When to publish.")
+    mode: PublishMode = Field("every", description="When to publish: " + ", ".join(MODES) + ".")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="Drop predictions below this.")
     trigger_count: int = Field(1, ge=1, le=1000, description="Consecutive results to trigger.")
     refractory_s: float = Field(0.0, ge=0.0, description="Quiet time after a triggered publish.")
@@ -80,12 +87,13 @@ class ModelHints(_Model):
     """Describes a bare .tflite that has no manifest."""
 
     labels: Path | None = Field(None, description="labels.txt for a bare model.")
-    task: Literal["classification", "detection", "regression", "anomaly", "raw"] | None = None
+    task: TaskName | None = Field(None, description="One of " + ", ".join(TASKS) + ".")
     input_mean: float | list[float] | None = None
     input_std: float | list[float] | None = None
     color: Literal["RGB", "BGR", "GRAY"] | None = None
     resize: Literal["stretch", "letterbox"] | None = None
-    decoder: Literal["ssd", "yolo"] | None = Field(None, description="Detection decoder.")
+    decoder: DecoderName | None = Field(None, description="Detection decoder: "
+                                        + ", ".join(DECODERS) + ".")
 
 
 class PipelineConfig(_Model):

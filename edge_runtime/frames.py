@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge_runtime.stages import ModelInput
 
 
 @dataclass(slots=True)
@@ -22,5 +26,5 @@ class Frame:
     data: np.ndarray
     label: str | None = None
     meta: dict[str, object] = field(default_factory=dict)
-    # The model input made from ``data`` ahead of inference (``LoadedModel.prepare``), if any.
-    prepared: object | None = None
+    # The model input made from ``data`` ahead of inference (``PreprocessStage``), if any.
+    input: ModelInput | None = None

@@ -3,7 +3,7 @@
 ``open_model`` accepts a bundle directory, a packed ``.tar.gz`` (unpacked safely into the state
 dir) or a bare ``.tflite`` described by hints. It checks signatures when keys are trusted, and
 ``LoadedModel.run`` is the per-frame hot path: preprocess straight into the input tensor (or copy
-in a frame ``LoadedModel.prepare`` made ahead on another thread), invoke, post-process.
+in the input the pipeline's preprocessing stage made ahead), invoke, post-process.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from edge_runtime.system.sysinfo import cpu_count
 
 from .backends import Backend, BackendError, load_backend
 from .postprocess import Outcome, OutputInfo, PostContext, Postprocess, build_postprocessor
-from .preprocess import InputSpec, Letterbox, Preprocessor, as_tuple
+from .preprocess import InputSpec, Preprocessor, as_tuple
 
 if TYPE_CHECKING:
     from .config import PipelineConfig
+    from .stages import ModelInput
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,6 @@ class Timings:
 
 
 @dataclass
-class Prepared:
-    """A frame already turned into ``model``'s input on another thread, so that inference only
-    copies it in. Used for files and folders, where every frame is served."""
-
-    model: LoadedModel
-    tensor: np.ndarray
-    letterbox: Letterbox | None
-    ms: float
-
-
-@dataclass
 class LoadedModel:
     bundle: Bundle
     backend: Backend
@@ -65,19 +55,19 @@ class LoadedModel:
     wants_input: bool = False
     source: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    _ahead: Preprocessor | None = field(default=None, repr=False)
 
-    def run(self, data: np.ndarray, prepared: object | None = None) -> tuple[Outcome, Timings]:
+    def run(self, data: np.ndarray, ready: ModelInput | None = None) -> tuple[Outcome, Timings]:
         """One frame through the model. ValueError for a frame that cannot be used.
 
-        ``prepared`` (from :meth:`prepare`) is used when it was made for this model; otherwise
-        the frame is preprocessed here, straight into the input tensor.
+        ``ready`` is the frame already preprocessed for this model (by the pipeline's
+        :class:`~edge_runtime.stages.PreprocessStage`); without it the frame is preprocessed
+        here, straight into the input tensor.
         """
         t0 = time.perf_counter()
         ahead_ms = 0.0
-        if isinstance(prepared, Prepared) and prepared.model is self:
-            self.backend.fill_input(_copy_from(prepared.tensor))
-            letterbox, ahead_ms = prepared.letterbox, prepared.ms
+        if ready is not None:
+            self.backend.fill_input(_copy_from(ready.tensor))
+            letterbox, ahead_ms = ready.letterbox, ready.ms
         else:
             self.backend.fill_input(self._fill(data))
             letterbox = self.pre.last_letterbox if self.spec.is_image else None
@@ -90,20 +80,6 @@ class LoadedModel:
         outcome = self.post(arrays, ctx)
         t3 = time.perf_counter()
         return outcome, Timings(ahead_ms + (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
-
-    def prepare(self, data: np.ndarray) -> Prepared:
-        """Preprocess ``data`` for this model on the calling thread, for a later :meth:`run`.
-
-        One thread at a time (the capture thread of a file source); ValueError for a frame
-        that cannot be used.
-        """
-        start = time.perf_counter()
-        if self._ahead is None:
-            self._ahead = Preprocessor(self.spec)
-        tensor = np.empty(self.spec.shape, self._ahead.dtype)
-        self._ahead(data, out=tensor)
-        letterbox = self._ahead.last_letterbox if self.spec.is_image else None
-        return Prepared(self, tensor, letterbox, (time.perf_counter() - start) * 1e3)
 
     def _fill(self, data: np.ndarray) -> Any:
         pre = self.pre

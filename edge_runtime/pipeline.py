@@ -1,9 +1,12 @@
 """One pipeline: a source → preprocess → backend → postprocess → outbox, on its own threads.
 
-The capture thread holds at most one frame for live sources (newest wins) and hands frames over
-one by one for files, preprocessed ahead so that the next frame's resize and quantization overlap
-this one's inference; the inference thread below is the only owner of the interpreter. A model
-swap (``reload``, ``rollback``) replaces the :class:`LoadedModel` between two frames.
+A frame travels forward once: capture → preprocess → invoke → post-process → outbox → link. The
+capture thread holds at most one frame for live sources (newest wins) and hands frames over one by
+one for files. The pipeline owns the preprocessing stage and schedules it: on the capture thread
+for files (the next frame's resize and quantization overlap this one's inference), on the
+inference thread for live sources. The inference thread below is the only owner of the
+interpreter. A model swap (``reload``, ``rollback``) replaces the :class:`LoadedModel` between two
+frames and retargets the stage.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .publish.outbox import Outbox
 from .publish.payloads import FrameInfo, ModelInfo, ResultMessage, Timing
 from .sources import SourceOptions, WindowSpec, open_source
 from .sources.capture import Capture
+from .stages import PreprocessStage
 
 log = logging.getLogger(__name__)
 GET_TIMEOUT_S = 0.25
@@ -35,9 +39,8 @@ StateCallback = Callable[[str, str, str], None]   # (pipeline, state, reason)
 
 class Pipeline:
     def __init__(self, config: PipelineConfig, model: LoadedModel, *, device: str,
-                 result_topic: str, outbox: Outbox, wake: Callable[[bool], None],
-                 metrics: PipelineMetrics, on_state: StateCallback | None = None,
-                 heartbeat: Callable[[], None] | None = None) -> None:
+                 result_topic: str, outbox: Outbox, wake: Callable[[], None],
+                 metrics: PipelineMetrics, on_state: StateCallback | None = None) -> None:
         self.config = config
         self.name = config.name
         self.device = device
@@ -46,8 +49,8 @@ class Pipeline:
         self._wake = wake
         self.metrics = metrics
         self._on_state = on_state
-        self._heartbeat = heartbeat
         self._model = model
+        self.preprocess = PreprocessStage(model.spec)
         self.previous: LoadedModel | None = None
         self._swap_lock = threading.Lock()
         self.policy = PublishPolicy(_policy_settings(config))
@@ -60,8 +63,9 @@ class Pipeline:
         self.source_reason = ""
         self._store_failing = False
         self._thread: threading.Thread | None = None
-        self.capture = Capture(open_source(config.source, self._source_options(model)),
-                               on_state=self._source_state, prepare=self._prepare)
+        source = open_source(config.source, self._source_options(model))
+        self.capture = Capture(source, on_state=self._source_state,
+                               ahead=None if source.live else self.preprocess)
         self._describe_model(model)
 
     # ----- control ----------------------------------------------------------------------------
@@ -100,6 +104,7 @@ class Pipeline:
         with self._swap_lock:
             old, self._model = self._model, new
             self.previous = old
+            self.preprocess.retarget(new.spec)
         self.policy.reset()
         self._describe_model(new)
         return old
@@ -140,9 +145,12 @@ class Pipeline:
 
     def _process(self, frame: Frame) -> bool:
         with self._swap_lock:
-            model = self._model
+            model, generation = self._model, self.preprocess.generation
+        ready = frame.input
+        if ready is not None and ready.generation != generation:
+            ready = None   # made for the model served before a swap
         try:
-            outcome, t = model.run(frame.data, frame.prepared)
+            outcome, t = model.run(frame.data, ready)
         except ValueError as exc:
             self.metrics.error()
             log.warning("pipeline %s: frame %s skipped: %s", self.name, frame.ref, exc)
@@ -163,9 +171,7 @@ class Pipeline:
         )
         if not self._store(message):
             return False
-        # A live source's result goes out on this thread when the link is idle: sooner at the
-        # broker. A file's is left to the sender thread, so that it costs this thread nothing.
-        self._wake(self.capture.source.live)
+        self._wake()
         self.results += 1
         done = time.perf_counter()
         self.metrics.record_ms("preprocess", t.preprocess)
@@ -196,13 +202,6 @@ class Pipeline:
             log.info("pipeline %s: results are stored again", self.name)
             self._state(self.source_state, self.source_reason)
         return True
-
-    def _prepare(self, frame: Frame) -> None:
-        """On the capture thread of a file source: preprocess while the previous frame is in
-        inference. A model swapped in meanwhile makes ``run`` preprocess the frame again."""
-        with self._swap_lock:
-            model = self._model
-        frame.prepared = model.prepare(frame.data)
 
     def _score(self, truth: str, predicted: str | None) -> None:
         self.metrics.counters.inc("labelled")

@@ -10,18 +10,19 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from edge_runtime.errors import EdgeError
+from edge_runtime.postprocess import TASKS as TASKS  # the registry's list, re-exported
 from edge_runtime.preprocess import InputSpec
+from edge_runtime.yamlconfig import one_of
 
 SCHEMA = "edge-bundle/1"
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
-Task = Literal["classification", "detection", "regression", "anomaly", "raw"]
-TASKS: tuple[str, ...] = ("classification", "detection", "regression", "anomaly", "raw")
+TaskName = Annotated[str, AfterValidator(one_of("task", TASKS))]
 
 
 class BundleError(EdgeError):
@@ -62,7 +63,7 @@ class Manifest(BaseModel):
     name: str
     version: str
     created: str
-    task: Task
+    task: TaskName
     model_file: str = "model.tflite"
     sha256: str
     profile: dict[str, Any] = Field(default_factory=dict)

@@ -32,7 +32,7 @@ BUILDERS: dict[str, Builder] = {
     "anomaly": build_anomaly,
     "raw": build_raw,
 }
-TASKS: tuple[str, ...] = ("classification", "detection", "regression", "anomaly", "raw")
+TASKS: tuple[str, ...] = tuple(BUILDERS)   # the one list of tasks: configs, CLIs, manifests
 
 
 def build_postprocessor(task: str, outputs: Sequence[OutputInfo], labels: Sequence[str],

@@ -156,10 +156,9 @@ class MqttLink:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._direct_dropped += 1
 
-    def wake(self, publish_here: bool = False) -> None:
-        """The outbox has new messages; with ``publish_here``, publish them on this thread if the
-        sender is idle (lower latency, for live sources)."""
-        self._sender.wake(publish_here)
+    def wake(self) -> None:
+        """The outbox has new messages; the sender decides which thread publishes them."""
+        self._sender.wake()
 
     def stop(self, drain_timeout: float = 5.0,
              before_offline: Callable[[], object] | None = None) -> int:

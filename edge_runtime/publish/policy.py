@@ -19,12 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any
 
 from edge_runtime.postprocess import Outcome
 
-Mode = Literal["every", "change", "threshold"]
-MODES: tuple[str, ...] = ("every", "change", "threshold")
+MODES: tuple[str, ...] = ("every", "change", "threshold")   # the one list of publish modes
 _ITEM_KEYS = {"classification": "predictions", "detection": "detections"}
 _NOTHING = object()
 
@@ -33,7 +32,7 @@ _NOTHING = object()
 class PolicySettings:
     """Publish settings of one pipeline; invalid values raise ValueError naming the key."""
 
-    mode: Mode = "every"
+    mode: str = "every"
     min_score: float = 0.0
     trigger_count: int = 1
     refractory_s: float = 0.0

@@ -5,10 +5,12 @@ sending restarts from the oldest message not yet acknowledged, so whatever was i
 connection died is sent again (a duplicate at worst, never a loss).
 
 Thread model: the window is touched only under ``_window_lock``, by the sender thread (``run``)
-or by a thread that has just stored a message and asks to publish it itself (``wake``), when the
-window is idle and the connection settled: that spares a thread hand-off on the message's way to
-the broker (0.18 ms at the p50 here), at some CPU on the storing thread, so live sources use it
-and files, read as fast as possible, do not. The MQTT thread reports through ``connection_up``,
+or by a thread that has just stored a message (``wake``). The sender decides which: a message that
+arrives after a quiet spell (``INLINE_GAP_S``, as from a camera or a paced file) is published on
+the storing thread when the window is idle and the connection settled, which spares a thread
+hand-off on its way to the broker (0.18 ms at the p50 here); messages that come close together
+(a file read as fast as possible) are left to the sender thread, which batches them and costs the
+storing thread nothing. The MQTT thread reports through ``connection_up``,
 ``connection_down`` and ``acked_mid``, which only note it under ``_cond`` and wake the sender;
 it never waits for the window lock, so holding that lock while calling into paho cannot
 deadlock.
@@ -30,6 +32,7 @@ ACK_BATCH = 64
 ACK_DELAY_S = 0.1
 IDLE_POLL_S = 1.0
 FAILURE_PAUSE_S = 1.0
+INLINE_GAP_S = 0.01   # a message this long after the previous one is published on its own thread
 
 PublishItem = Callable[[OutboxItem], int | None]
 
@@ -37,8 +40,11 @@ PublishItem = Callable[[OutboxItem], int | None]
 class OutboxSender:
     """Keeps up to ``max_inflight`` outbox messages published and not yet acknowledged."""
 
-    def __init__(self, outbox: Outbox, publish: PublishItem, max_inflight: int) -> None:
+    def __init__(self, outbox: Outbox, publish: PublishItem, max_inflight: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._outbox = outbox
+        self._clock = clock
+        self._last_wake = -INLINE_GAP_S
         self._publish = publish
         self._max_inflight = max_inflight
         self._cond = threading.Condition()
@@ -80,11 +86,14 @@ class OutboxSender:
             self._acks.append((self._generation, mid, refused))
             self._signal()
 
-    def wake(self, publish_here: bool = False) -> None:
-        """New messages are in the outbox. With ``publish_here`` they are published on the
-        calling thread when the window is idle (a thread hand-off less on their way to the
-        broker); otherwise, and by default, the sender thread is woken for them."""
-        if publish_here and self._publish_now():
+    def wake(self) -> None:
+        """New messages are in the outbox. After a quiet spell they are published on the calling
+        thread when the window is idle (a thread hand-off less on their way to the broker);
+        otherwise the sender thread is woken for them."""
+        now = self._clock()
+        quiet = now - self._last_wake >= INLINE_GAP_S
+        self._last_wake = now
+        if quiet and self._publish_now():
             return
         with self._cond:
             self._signal()

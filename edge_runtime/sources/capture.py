@@ -21,6 +21,7 @@ from edge_runtime.sources.base import Source, SourceError
 log = logging.getLogger(__name__)
 
 StateCallback = Callable[[str, str], None]
+FrameStage = Callable[[Frame], None]   # work on a frame before it is handed over
 LOSSLESS_CAPACITY = 2
 STOP_JOIN_S = 0.8
 
@@ -129,16 +130,17 @@ class Capture:
 
     def __init__(self, source: Source, *, on_state: StateCallback | None = None,
                  reopen_backoff: tuple[float, float] = (0.5, 30.0),
-                 prepare: Callable[[Frame], None] | None = None) -> None:
+                 ahead: FrameStage | None = None) -> None:
         low, high = reopen_backoff
         if not 0 < low <= high:
             raise ValueError(f"reopen_backoff must be (min, max) with 0 < min <= max, "
                              f"got {reopen_backoff}")
         self.source = source
         self.error: str | None = None
-        # Work done on each frame on this thread before the hand-off (files and folders only:
-        # a live source's frames may be dropped, and work on them would be wasted).
-        self._prepare = None if source.live else prepare
+        # A stage of the frame path run on this thread before the hand-off, so that it overlaps
+        # the consumer's work; the pipeline gives one for files and folders only (a live source's
+        # frames may be dropped, and work on them would be wasted).
+        self._ahead = ahead
         self._on_state = on_state
         self._backoff_range = (float(low), float(high))
         self._handoff: _HandOff = LatestFrameSlot() if source.live else LosslessHandOff()
@@ -242,11 +244,11 @@ class Capture:
             self._degraded = False
             log.info("%s recovered", self.source.describe())
             self._notify("ok", f"{self.source.describe()}: recovered")
-        if self._prepare is not None:
+        if self._ahead is not None:
             try:
-                self._prepare(frame)
+                self._ahead(frame)
             except Exception:  # the consumer meets the same problem and reports it
-                log.debug("preparing frame %s failed", frame.ref, exc_info=True)
+                log.debug("stage ahead of frame %s failed", frame.ref, exc_info=True)
         return self._handoff.put(frame)
 
     def _report_failure(self, message: str) -> None:

@@ -274,7 +274,7 @@ def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["", "- a\n- b\n", "just text\n"])
 def test_a_profile_is_a_mapping(tmp_path: Path, text: str) -> None:
-    assert "a profile is a mapping of keys" in profile_error(write(tmp_path, text))
+    assert "the profile must be a mapping of keys" in profile_error(write(tmp_path, text))
 
 
 # --- cross-field rules ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Frames preprocessed ahead (on a file source's capture thread) give the same results; a
-profile's thread count is capped at the cores available."""
+"""Frames preprocessed ahead by the pipeline's stage give the same results; a profile's thread
+count is capped at the cores available."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_runtime.frames import Frame
 from edge_runtime.model import open_model
+from edge_runtime.stages import PreprocessStage
 from edge_runtime.system.sysinfo import cpu_count
 
 
@@ -18,28 +20,39 @@ def images(digits: Path, count: int) -> list[np.ndarray]:
     return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
 
 
-def test_a_prepared_frame_predicts_exactly_like_one_preprocessed_in_run(
+def frame_of(image: np.ndarray) -> Frame:
+    return Frame(index=0, ref="0", captured_at=0.0, data=image)
+
+
+def test_a_frame_preprocessed_by_the_stage_predicts_exactly_like_one_preprocessed_in_run(
         digits: Path, digits_bundle: Path) -> None:
     model = open_model(digits_bundle, threads=1)
+    stage = PreprocessStage(model.spec)
     for image in images(digits, 20):
         direct, _ = model.run(image)
-        prepared = model.prepare(image)
-        ahead, timings = model.run(image, prepared)
+        frame = frame_of(image)
+        stage(frame)
+        assert frame.input is not None and frame.input.generation == stage.generation
+        ahead, timings = model.run(image, frame.input)
         assert ahead.payload == direct.payload
-        assert timings.preprocess >= prepared.ms
+        assert timings.preprocess >= frame.input.ms
 
 
-def test_run_uses_the_prepared_tensor_only_when_it_was_made_for_this_model(
+def test_the_input_made_ahead_is_what_runs_and_a_retarget_marks_it_stale(
         digits: Path, digits_bundle: Path) -> None:
-    model, other = open_model(digits_bundle, threads=1), open_model(digits_bundle, threads=1)
+    model = open_model(digits_bundle, threads=1)
+    stage = PreprocessStage(model.spec)
     (image,) = images(digits, 1)
     direct, _ = model.run(image)
-    blank = model.prepare(image)
-    blank.tensor[...] = blank.tensor.min()
-    assert model.run(image, blank)[0].payload != direct.payload  # the prepared tensor is used
-    foreign = other.prepare(image)
-    foreign.tensor[...] = foreign.tensor.min()
-    assert model.run(image, foreign)[0].payload == direct.payload  # another model's is not
+    frame = frame_of(image)
+    stage(frame)
+    assert frame.input is not None
+    frame.input.tensor[...] = frame.input.tensor.min()
+    assert model.run(image, frame.input)[0].payload != direct.payload  # the given tensor is used
+    made_for = frame.input.generation
+    assert stage.retarget(model.spec) != made_for   # a swap: what was made before is stale
+    stage(frame)
+    assert frame.input.generation == stage.generation != made_for
 
 
 def test_a_profile_asking_for_more_threads_than_cores_gets_the_cores(

@@ -38,7 +38,7 @@ def test_a_full_disk_skips_results_and_the_pipeline_recovers(digits: Path, digit
         pipeline = Pipeline(
             PipelineConfig(bundle=digits_bundle, source=str(source)), open_model(digits_bundle),
             device="dev", result_topic="edge/dev/default/result", outbox=outbox,  # type: ignore[arg-type]
-            wake=lambda _: None, metrics=metrics,
+            wake=lambda: None, metrics=metrics,
             on_state=lambda _name, state, reason: states.append((state, reason)),
         )
         pipeline.start()

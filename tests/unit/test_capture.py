@@ -394,25 +394,18 @@ def test_capture_cannot_start_twice() -> None:
     capture.stop()
 
 
-def test_a_file_source_prepares_each_frame_on_the_capture_thread() -> None:
+def test_a_stage_given_runs_on_each_frame_on_the_capture_thread() -> None:
     seen: list[tuple[int, str]] = []
 
-    def prepare(frame: Frame) -> None:
+    def ahead(frame: Frame) -> None:
         if frame.index == 2:
             raise ValueError("a frame that cannot be used")
         seen.append((frame.index, threading.current_thread().name))
-        frame.prepared = frame.index * 10
+        frame.meta["ahead"] = frame.index * 10
 
-    capture = Capture(CountingSource(5, live=False), prepare=prepare)
+    capture = Capture(CountingSource(5, live=False), ahead=ahead)
     capture.start()
     frames = drain(capture)
-    assert [f.prepared for f in frames] == [0, 10, None, 30, 40]  # the failed one goes on as is
+    # the failed one goes on as is: the consumer meets the problem and reports it
+    assert [f.meta.get("ahead") for f in frames] == [0, 10, None, 30, 40]
     assert {name for _, name in seen} == {"capture-fake"}
-
-
-def test_a_live_source_prepares_nothing_since_its_frames_may_be_dropped() -> None:
-    calls: list[int] = []
-    capture = Capture(CountingSource(5, live=True), prepare=lambda f: calls.append(f.index))
-    capture.start()
-    drain(capture)
-    assert calls == []

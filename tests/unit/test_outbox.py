@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.publish.outbox import Outbox, OutboxItem
-from edge_runtime.publish.sender import ACK_BATCH, OutboxSender
+from edge_runtime.publish.sender import ACK_BATCH, INLINE_GAP_S, OutboxSender
 
 TOPIC = "edge/dev/default/result"
 
@@ -306,10 +306,11 @@ class FakeConnection:
 
 @contextmanager
 def running_sender(
-    outbox: Outbox, max_inflight: int = 100, refuse_seq: int | None = None
+    outbox: Outbox, max_inflight: int = 100, refuse_seq: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[tuple[OutboxSender, FakeConnection]]:
     conn = FakeConnection(refuse_seq)
-    sender = OutboxSender(outbox, conn.publish, max_inflight)
+    sender = OutboxSender(outbox, conn.publish, max_inflight, clock=clock)
     thread = threading.Thread(target=sender.run, daemon=True)
     thread.start()
     try:
@@ -373,40 +374,53 @@ def test_sender_waits_while_disconnected_then_catches_up(outbox: Outbox) -> None
         wait_until(lambda: conn.seqs() == [1, 2, 3, 4, 5])
 
 
-def test_a_message_asked_to_go_now_is_published_on_the_storing_thread_when_idle(
+class StepClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_message_after_a_quiet_spell_is_published_on_the_storing_thread_when_idle(
         outbox: Outbox) -> None:
+    clock = StepClock()
     fill(outbox, 1)
-    with running_sender(outbox) as (sender, conn):
+    with running_sender(outbox, clock=clock) as (sender, conn):
         sender.connection_up()
         wait_until(lambda: len(conn.sent) == 1)
         sender.acked_mid(conn.mids()[0])
         wait_until(lambda: sender.acked == 1)
 
         fill(outbox, 1)
-        sender.wake(publish_here=True)
+        sender.wake()
         assert conn.seqs() == [1, 2]  # already sent when wake returns
         assert conn.threads[1] == threading.get_ident() != conn.threads[0]
 
         sender.acked_mid(conn.mids()[1])
         wait_until(lambda: sender.acked == 2)
+        clock.now += INLINE_GAP_S / 4   # close behind the previous one: a burst
         fill(outbox, 1)
-        sender.wake()  # by default the sender thread does it
+        sender.wake()
         wait_until(lambda: len(conn.sent) == 3)
-        assert conn.threads[2] == conn.threads[0]
+        assert conn.threads[2] == conn.threads[0]  # left to the sender thread
         wait_until(lambda: sender.inflight == 1)
 
 
-def test_a_message_asked_to_go_now_while_down_goes_once_the_connection_is_up(
-        outbox: Outbox) -> None:
-    with running_sender(outbox) as (sender, conn):
+def test_a_message_stored_while_down_goes_once_the_connection_is_up(outbox: Outbox) -> None:
+    clock = StepClock()
+    with running_sender(outbox, clock=clock) as (sender, conn):
         fill(outbox, 1)
-        sender.wake(publish_here=True)
+        sender.wake()
         time.sleep(0.1)
         assert conn.sent == []  # down: nothing sent, by anyone
         sender.connection_up()
         wait_until(lambda: conn.seqs() == [1])
+        clock.now += 1.0
         fill(outbox, 1)
-        sender.wake(publish_here=True)  # after the one still in flight: order is kept
+        sender.wake()  # after the one still in flight: order is kept
         wait_until(lambda: conn.seqs() == [1, 2])
 
 
