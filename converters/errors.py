@@ -9,9 +9,3 @@ class ConvertError(EdgeError):
     """Bad usage or bad input (model, data, profile): exit code 2, one-line message."""
 
     exit_code: int = 2
-
-
-class GateFailed(ConvertError):
-    """The int8 model missed the accuracy gate; the bundle is written but marked failed."""
-
-    exit_code = 3

@@ -35,14 +35,6 @@ class ModelRun:
     output_dtype: str = "float32"
 
 
-def input_spec_for(model: Path, base: InputSpec, threads: int = 1) -> InputSpec:
-    backend = _load(model, threads)
-    try:
-        return _spec_from_backend(backend, base)
-    finally:
-        backend.close()
-
-
 def _load(model: Path, threads: int) -> Any:
     try:
         return load_backend(model, threads=threads)

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge_runtime.bundles.manifest import sha256_file
 from edge_runtime.errors import EdgeError
 
 SIGNATURE_FILE = "signature.json"
@@ -26,7 +27,6 @@ SIGNATURE_SCHEMA = "edge-signature/1"
 ALGORITHM = "ed25519"
 PRIVATE_KEY_NAME = "edge-signing.key"
 PUBLIC_KEY_NAME = "edge-signing.pub"
-_CHUNK = 1 << 20
 
 
 class SignatureError(EdgeError):
@@ -132,7 +132,7 @@ def verify_bundle(bundle_dir: Path, trusted_keys: Sequence[Path]) -> str:
 
 def hash_bundle_files(bundle_dir: Path) -> dict[str, str]:
     """sha256 of every regular file under the bundle except the signature, keyed by POSIX path."""
-    return {rel: _sha256_file(bundle_dir / rel) for rel in sorted(_bundle_files(bundle_dir))}
+    return {rel: sha256_file(bundle_dir / rel) for rel in sorted(_bundle_files(bundle_dir))}
 
 
 def _bundle_files(bundle_dir: Path) -> Iterator[str]:
@@ -203,14 +203,6 @@ def _signed_payload(files: dict[str, str], kid: str) -> bytes:
         {"files": files, "key_id": kid}, sort_keys=True, separators=(",", ":"), ensure_ascii=True
     )
     return canonical.encode("ascii")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_key_file(path: Path) -> bytes:

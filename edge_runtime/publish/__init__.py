@@ -10,25 +10,18 @@ from __future__ import annotations
 from edge_runtime.publish.mqtt import MqttLink
 from edge_runtime.publish.outbox import Outbox, OutboxItem
 from edge_runtime.publish.payloads import (
-    CommandError,
-    CommandReply,
     FrameInfo,
-    MetricsMessage,
     ModelInfo,
     PayloadError,
     ResultMessage,
     StatusMessage,
     Timing,
-    parse_command,
 )
 from edge_runtime.publish.settings import MqttSettings, parse_mqtt_url
 from edge_runtime.publish.topics import Topics
 
 __all__ = [
-    "CommandError",
-    "CommandReply",
     "FrameInfo",
-    "MetricsMessage",
     "ModelInfo",
     "MqttLink",
     "MqttSettings",
@@ -39,6 +32,5 @@ __all__ = [
     "StatusMessage",
     "Timing",
     "Topics",
-    "parse_command",
     "parse_mqtt_url",
 ]

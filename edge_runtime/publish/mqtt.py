@@ -28,7 +28,6 @@ from edge_runtime import __version__
 from edge_runtime.publish.outbox import Outbox, OutboxItem
 from edge_runtime.publish.payloads import StatusMessage
 from edge_runtime.publish.reasons import (
-    backoff_delay,
     connect_failure_words,
     lost_words,
     refusal_words,
@@ -36,6 +35,7 @@ from edge_runtime.publish.reasons import (
 from edge_runtime.publish.sender import OutboxSender
 from edge_runtime.publish.settings import MqttSettings, parse_mqtt_url
 from edge_runtime.publish.topics import Topics
+from edge_runtime.retry import backoff_delay
 
 __all__ = ["MqttLink", "MqttSettings", "parse_mqtt_url"]
 

@@ -15,17 +15,12 @@ from typing import Any, Literal, TypeVar, cast, get_args
 RESULT_SCHEMA = "edge-result/1"
 State = Literal["online", "degraded", "offline"]
 STATES: tuple[str, ...] = get_args(State)
-MAX_COMMAND_BYTES = 65536
 
 T = TypeVar("T")
 
 
 class PayloadError(ValueError):
     """A wire message that cannot be encoded or decoded; the message is one line."""
-
-
-class CommandError(PayloadError):
-    """A command payload that is refused before it reaches its handler."""
 
 
 def _plain(value: object) -> object:
@@ -271,75 +266,3 @@ class StatusMessage:
             pipelines=pipelines,
             extra={k: v for k, v in obj.items() if k not in _STATUS_KEYS},
         )
-
-
-@dataclass(slots=True)
-class MetricsMessage:
-    """A metrics snapshot: free-form values plus the time it was taken."""
-
-    values: dict[str, Any]
-    ts: float
-
-    def __post_init__(self) -> None:
-        _check_no_clash(self.values, frozenset({"ts"}), "metrics values")
-
-    def to_payload(self) -> dict[str, Any]:
-        return {"ts": self.ts, **self.values}
-
-    def to_json(self) -> bytes:
-        return encode(self.to_payload())
-
-    @classmethod
-    def from_payload(cls, data: bytes | str | Mapping[str, Any]) -> MetricsMessage:
-        obj = decode(data, "metrics")
-        ts = _field(obj, "ts", float, "metrics")
-        return cls(values={k: v for k, v in obj.items() if k != "ts"}, ts=ts)
-
-
-_REPLY_KEYS = frozenset({"ok", "error"})
-
-
-@dataclass(init=False, slots=True)
-class CommandReply:
-    """``{"ok": bool, "error": str?, ...}`` on ``.../cmd/VERB/reply``."""
-
-    ok: bool
-    error: str | None
-    data: dict[str, Any]
-
-    def __init__(self, ok: bool, error: str | None = None, **data: Any) -> None:
-        _check_no_clash(data, _REPLY_KEYS, "command reply data")
-        self.ok = ok
-        self.error = error
-        self.data = data
-
-    def to_payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = {"ok": self.ok}
-        if self.error is not None:
-            payload["error"] = self.error
-        payload.update(self.data)
-        return payload
-
-    def to_json(self) -> bytes:
-        return encode(self.to_payload())
-
-    @classmethod
-    def from_payload(cls, data: bytes | str | Mapping[str, Any]) -> CommandReply:
-        obj = decode(data, "command reply")
-        ok = _field(obj, "ok", bool, "command reply")
-        error = _optional(obj, "error", str, "command reply")
-        return cls(ok, error, **{k: v for k, v in obj.items() if k not in _REPLY_KEYS})
-
-
-def parse_command(payload: bytes, max_bytes: int = MAX_COMMAND_BYTES) -> dict[str, Any]:
-    """The JSON object a command carries; an empty payload means ``{}``."""
-    if len(payload) > max_bytes:
-        raise CommandError(f"command payload is {len(payload)} bytes, the limit is {max_bytes}")
-    if not payload.strip():
-        return {}
-    try:
-        return decode(payload, "command payload")
-    except CommandError:
-        raise
-    except PayloadError as exc:
-        raise CommandError(str(exc)) from None

@@ -1,11 +1,9 @@
-"""Connection problems in plain words, and the jittered back-off between attempts."""
+"""Connection problems in plain words."""
 
 from __future__ import annotations
 
-import random
 import socket
 import ssl
-from collections.abc import Callable
 
 # MQTT 5 reason codes; paho maps MQTT 3.1.1 CONNACK codes onto the same values.
 _REFUSALS = {
@@ -50,13 +48,3 @@ def _os_error_words(exc: BaseException | None) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
-
-
-def backoff_delay(
-    attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Seconds to wait before retry ``attempt`` (0 first): doubling from ``base`` up to ``cap``,
-    each spread by ±25 % so that many devices do not all knock on a restarted broker at once."""
-    nominal = min(cap, base * 2.0 ** min(attempt, 32))
-    jittered = nominal * (0.75 + 0.5 * rand())
-    return max(base, min(cap, jittered))

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from edge_runtime.frames import Frame
+from edge_runtime.retry import backoff_delay
 from edge_runtime.sources.base import Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,6 @@ StateCallback = Callable[[str, str], None]
 FrameStage = Callable[[Frame], None]   # work on a frame before it is handed over
 LOSSLESS_CAPACITY = 2
 STOP_JOIN_S = 0.8
-
-
-def backoff_delay(failures: int, low: float, high: float, jitter: float) -> float:
-    """Seconds to wait after ``failures`` earlier failures: ``low`` doubling up to ``high``.
-
-    ``jitter`` in [0, 1) picks a point in the upper half of that delay, so devices that failed
-    together do not all retry at the same instant.
-    """
-    delay = min(high, low * 2.0 ** min(failures, 32))
-    return delay * (0.5 + 0.5 * jitter)
 
 
 class _HandOff(ABC):
@@ -262,7 +253,7 @@ class Capture:
 
     def _next_backoff(self) -> float:
         low, high = self._backoff_range
-        delay = backoff_delay(self._failures, low, high, self._random.random())
+        delay = backoff_delay(self._failures, low, high, self._random.random)
         self._failures += 1
         return delay
 

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from converters.edgetpu import EDGETPU_OPS
-from converters.errors import ConvertError, GateFailed
+from converters.errors import ConvertError
 from converters.profiles import (
     Budgets,
     Constraints,
@@ -132,7 +132,6 @@ def test_runtime_requirement_is_split() -> None:
 def test_errors_carry_cli_exit_codes() -> None:
     assert issubclass(ProfileError, ConvertError)
     assert ProfileError("x").exit_code == 2
-    assert GateFailed("x").exit_code == 3
 
 
 # --- user profiles and lookups -------------------------------------------------------------------

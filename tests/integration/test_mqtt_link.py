@@ -26,7 +26,6 @@ from support.mosquitto import (
 )
 
 from edge_runtime.publish import (
-    CommandReply,
     FrameInfo,
     ModelInfo,
     MqttLink,
@@ -36,6 +35,7 @@ from edge_runtime.publish import (
     Timing,
     Topics,
 )
+from edge_runtime.publish.payloads import encode
 
 pytestmark = pytest.mark.mosquitto
 
@@ -389,7 +389,7 @@ def test_commands_reach_the_handler_and_replies_go_out(
         publish_once(mosquitto, topics.reply("pause"), b'{"ok": true}')
         publish_once(mosquitto, topics.cmd("pause"), b'{"pipeline": "default"}')
         assert received.get(timeout=5) == ("pause", b'{"pipeline": "default"}')
-        link.publish(topics.reply("pause"), CommandReply(True).to_json(), qos=1)
+        link.publish(topics.reply("pause"), encode({"ok": True}), qos=1)
         assert sub.wait_until(lambda m: any(x.json() == {"ok": True} for x in m), 5)
         assert received.empty()
 

@@ -18,7 +18,6 @@ from edge_runtime.sources.capture import (
     Capture,
     LatestFrameSlot,
     LosslessHandOff,
-    backoff_delay,
 )
 from edge_runtime.sources.stdin import StdinSource
 
@@ -185,14 +184,6 @@ def test_closing_the_lossless_hand_off_frees_a_blocked_reader() -> None:
     handoff.close()
     reader.join(5.0)
     assert result == [False]
-
-
-def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() -> None:
-    lows = [backoff_delay(n, 0.5, 30.0, 0.0) for n in range(9)]
-    highs = [backoff_delay(n, 0.5, 30.0, 0.999) for n in range(9)]
-    assert lows == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0]
-    assert highs[0] == pytest.approx(0.5, rel=1e-3) and highs[-1] == pytest.approx(30, rel=1e-3)
-    assert backoff_delay(10_000, 0.5, 30.0, 0.5) == pytest.approx(22.5)
 
 
 def test_backoff_range_is_validated() -> None:

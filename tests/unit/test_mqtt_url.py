@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.publish.reasons import (
-    backoff_delay,
     connect_failure_words,
     lost_words,
     refusal_words,
 )
 from edge_runtime.publish.settings import PASSWORD_ENV, MqttSettings, parse_mqtt_url, redact
+from edge_runtime.retry import backoff_delay
 
 
 @pytest.fixture(autouse=True)

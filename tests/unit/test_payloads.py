@@ -11,16 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_runtime.publish.payloads import (
-    CommandError,
-    CommandReply,
     FrameInfo,
-    MetricsMessage,
     ModelInfo,
     PayloadError,
     ResultMessage,
     StatusMessage,
     Timing,
-    parse_command,
 )
 from edge_runtime.publish.topics import Topics
 
@@ -167,53 +163,6 @@ def test_status_pipelines_may_be_a_list_or_a_map() -> None:
     assert StatusMessage.from_payload(as_map.to_json()).pipelines == {"a": "paused"}
     with pytest.raises(PayloadError, match="pipelines"):
         StatusMessage.from_payload(b'{"state": "online", "pipelines": 3}')
-
-
-def test_metrics_round_trip() -> None:
-    metrics = MetricsMessage({"fps": 12.5, "outbox_depth": 3}, ts=10.0)
-    assert json.loads(metrics.to_json()) == {"ts": 10.0, "fps": 12.5, "outbox_depth": 3}
-    assert MetricsMessage.from_payload(metrics.to_json()) == metrics
-    with pytest.raises(PayloadError, match="ts"):
-        MetricsMessage({"ts": 1}, ts=2.0)
-
-
-def test_command_reply_shapes() -> None:
-    assert json.loads(CommandReply(True).to_json()) == {"ok": True}
-    refused = CommandReply(False, "no such bundle: /x", bundle="/x")
-    assert json.loads(refused.to_json()) == {"ok": False, "error": "no such bundle: /x",
-                                             "bundle": "/x"}
-    assert CommandReply.from_payload(refused.to_json()) == refused
-    with pytest.raises(PayloadError, match="'ok' must be bool"):
-        CommandReply.from_payload(b'{"ok": 1}')
-
-
-# Commands --------------------------------------------------------------------------------------
-
-
-def test_parse_command_accepts_objects_and_empty_payloads() -> None:
-    assert parse_command(b'{"min_score": 0.6}') == {"min_score": 0.6}
-    assert parse_command(b"") == {}
-    assert parse_command(b"  \n") == {}
-
-
-@pytest.mark.parametrize(
-    ("raw", "message"),
-    [
-        (b"{not json", "not JSON"),
-        (b"[1]", "must be a JSON object, got list"),
-        (b'"pause"', "must be a JSON object, got str"),
-        (b"\xff", "not UTF-8"),
-    ],
-)
-def test_parse_command_refuses_in_one_line(raw: bytes, message: str) -> None:
-    with pytest.raises(CommandError, match=message) as info:
-        parse_command(raw)
-    assert "\n" not in str(info.value)
-
-
-def test_parse_command_refuses_oversized_payloads() -> None:
-    with pytest.raises(CommandError, match="11 bytes, the limit is 10"):
-        parse_command(b'{"a": "12"}', max_bytes=10)
 
 
 # Topics ----------------------------------------------------------------------------------------
