@@ -1,0 +1,188 @@
+"""The health of one pipeline, window by window: is what is served still what was verified?
+
+Each result is observed on the pipeline thread (a few microseconds: some numbers appended, a
+frame sampled on a coarse grid). When a window closes (``window`` results, or ``max_window_s`` at
+low rates) the window is compared with the bundle's reference: the population stability index of
+the class mix, the top-1 score and margin histograms and the frame brightness; the accuracy
+estimated from calibrated scores against the reference accuracy; frozen and blank frames; the
+latency p95 against the profile's budget. The verdict is ``ok``, ``warn`` or ``alarm`` with the
+reasons, published as ``edge-health/1`` on ``edge/D/P/health``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.monitor.reference import (
+    BRIGHTNESS_EDGES,
+    DETECTIONS_EDGES,
+    SCORE_EDGES,
+    Reference,
+    calibrated,
+    frame_means,
+    histogram,
+    margins,
+    psi,
+)
+
+SCHEMA = "edge-health/1"
+VERDICTS = ("ok", "warn", "alarm")
+BLANK_STD = 2.0   # a frame whose sampled pixels vary less than this is blank
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    window: int = 500
+    max_window_s: float = 300.0
+    min_results: int = 30          # a window closed by time with fewer is reported, not judged
+    psi_warn: float = 0.1
+    psi_alarm: float = 0.25
+    accuracy_warn_points: float = 3.0
+    accuracy_alarm_points: float = 8.0
+    frozen_alarm_share: float = 0.5
+    blank_alarm_share: float = 0.5
+
+
+@dataclass
+class _Window:
+    started: float
+    top1: list[float] = field(default_factory=list)
+    margin: list[float] = field(default_factory=list)
+    calibrated_top1: list[float] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    detections: list[int] = field(default_factory=list)
+    brightness: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    frozen: int = 0
+    blank: int = 0
+    results: int = 0
+
+
+class HealthMonitor:
+    """Observes one pipeline's results; :meth:`observe` returns a report when a window closes."""
+
+    def __init__(self, reference: Reference, labels: Sequence[str], *, budget_ms: float | None,
+                 settings: MonitorSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings or MonitorSettings()
+        self._clock = clock
+        self._index = 0
+        self._previous: np.ndarray | None = None
+        self.last: dict[str, Any] | None = None
+        self.retarget(reference, labels, budget_ms)
+
+    def retarget(self, reference: Reference, labels: Sequence[str], budget_ms: float | None,
+                 ) -> None:
+        """A new model serves: compare with its reference from a fresh window on."""
+        self.reference = reference
+        self.labels = list(labels)
+        self.budget_ms = budget_ms
+        self._window = _Window(self._clock())
+
+    def observe(self, *, latency_ms: float, probabilities: np.ndarray | None = None,
+                detections: int | None = None, frame: np.ndarray | None = None,
+                ) -> dict[str, Any] | None:
+        w = self._window
+        w.results += 1
+        w.latency.append(latency_ms)
+        if probabilities is not None and probabilities.size > 1:
+            p = probabilities.reshape(-1)
+            top = int(np.argmax(p))
+            w.classes.append(top)
+            w.top1.append(float(p[top]))
+            w.margin.append(float(margins(p[None, :])[0]))
+            t = self.reference.temperature
+            w.calibrated_top1.append(float(calibrated(p[None, :], t).max()) if t != 1.0
+                                     else float(p[top]))
+        if detections is not None:
+            w.detections.append(detections)
+        if frame is not None and frame.size:
+            self._observe_frame(w, frame)
+        now = self._clock()
+        if w.results >= self.settings.window or now - w.started >= self.settings.max_window_s:
+            return self._close(now)
+        return None
+
+    def _observe_frame(self, w: _Window, frame: np.ndarray) -> None:
+        grid = frame[::16, ::16] if frame.ndim >= 2 and frame.shape[0] > 32 else frame
+        if self._previous is not None and self._previous.shape == grid.shape \
+                and np.array_equal(self._previous, grid):
+            w.frozen += 1
+        self._previous = grid.copy()
+        if float(grid.std()) < BLANK_STD:
+            w.blank += 1
+        w.brightness.append(float(frame_means(frame).mean()))
+
+    def _close(self, now: float) -> dict[str, Any]:
+        w, s, ref = self._window, self.settings, self.reference
+        self._index += 1
+        self._window = _Window(now)
+        shifts: dict[str, float] = {}
+        if ref.class_share and w.classes and len(self.labels) == len(ref.class_share):
+            counts = np.bincount(w.classes, minlength=len(self.labels)) / len(w.classes)
+            expected = [ref.class_share.get(name, 0.0) for name in self.labels]
+            shifts["class_mix"] = psi(expected, counts.tolist())
+        for name, hist, values, edges in (
+                ("top1_score", ref.top1, w.top1, SCORE_EDGES),
+                ("margin", ref.margin, w.margin, SCORE_EDGES),
+                ("brightness", ref.brightness, w.brightness, BRIGHTNESS_EDGES),
+                ("detections_per_frame", ref.detections, w.detections, DETECTIONS_EDGES)):
+            if hist is not None and values:
+                shifts[name] = psi(hist.shares, histogram(values, hist.edges or edges).shares)
+        estimated = float(np.mean(w.calibrated_top1)) if w.calibrated_top1 else None
+        report: dict[str, Any] = {
+            "schema": SCHEMA, "verdict": "ok",
+            "window": {"index": self._index, "results": w.results,
+                       "seconds": round(now - w.started, 3)},
+            "reasons": [],
+            "psi": {k: round(v, 4) for k, v in shifts.items()},
+            "estimated_accuracy": None if estimated is None else round(estimated, 4),
+            "reference_accuracy": ref.accuracy,
+            "frozen_share": round(w.frozen / w.results, 4) if w.brightness else None,
+            "blank_share": round(w.blank / w.results, 4) if w.brightness else None,
+            "latency_p95_ms": round(float(np.percentile(w.latency, 95)), 3),
+            "latency_budget_ms": self.budget_ms,
+            "ts": round(time.time(), 3),
+        }
+        if w.results < s.min_results:
+            report["reasons"].append(f"only {w.results} result(s) in this window: not judged")
+        else:
+            self._judge(report, shifts, estimated, w)
+        self.last = report
+        return report
+
+    def _judge(self, report: dict[str, Any], shifts: dict[str, float], estimated: float | None,
+               w: _Window) -> None:
+        s, ref = self.settings, self.reference
+        problems: list[tuple[str, str]] = []
+        for name, value in sorted(shifts.items(), key=lambda kv: -kv[1]):
+            words = name.replace("_", " ")
+            if value >= s.psi_alarm:
+                problems.append(("alarm", f"{words} shifted (PSI {value:.2f} ≥ {s.psi_alarm:g})"))
+            elif value >= s.psi_warn:
+                problems.append(("warn", f"{words} drifting (PSI {value:.2f} ≥ {s.psi_warn:g})"))
+        if estimated is not None and ref.accuracy is not None:
+            drop = (ref.accuracy - estimated) * 100
+            text = (f"estimated accuracy {estimated * 100:.1f}% is {drop:.1f} points below the "
+                    f"reference {ref.accuracy * 100:.1f}%")
+            if drop >= s.accuracy_alarm_points:
+                problems.append(("alarm", text))
+            elif drop >= s.accuracy_warn_points:
+                problems.append(("warn", text))
+        if w.brightness:
+            if w.frozen / w.results >= s.frozen_alarm_share:
+                problems.append(("alarm", f"{w.frozen} of {w.results} frames frozen"))
+            if w.blank / w.results >= s.blank_alarm_share:
+                problems.append(("alarm", f"{w.blank} of {w.results} frames blank"))
+        p95 = report["latency_p95_ms"]
+        if self.budget_ms and p95 > self.budget_ms:
+            problems.append(("warn", f"latency p95 {p95:g} ms over the {self.budget_ms:g} ms "
+                                     "budget"))
+        levels = [level for level, _ in problems]
+        report["verdict"] = "alarm" if "alarm" in levels else "warn" if levels else "ok"
+        report["reasons"] = [text for _, text in problems]
