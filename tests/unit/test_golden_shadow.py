@@ -89,14 +89,14 @@ def test_preprocessing_that_no_longer_matches_is_caught() -> None:
 def test_an_unreadable_golden_file_is_one_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "golden.npz"
     path.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(GoldenMismatch, match="golden.npz cannot be read"):
+    with pytest.raises(GoldenMismatch, match=r"golden\.npz cannot be read"):
         read_golden(path)
 
 
 def test_shadow_promotes_only_after_enough_frames_that_agree() -> None:
     stats = ShadowStats()
     criteria = PromoteCriteria(frames=10, agreement=0.9)
-    for i in range(9):
+    for _ in range(9):
         stats.add(("a", 0.9, 2.0), ("a", 0.8, 2.5))
         assert stats.decide(criteria) is None
     stats.add(("b", 0.9, 2.0), ("a", 0.8, 2.5))
