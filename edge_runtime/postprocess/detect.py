@@ -28,8 +28,10 @@ from edge_runtime.postprocess.types import (
 TASK = "detection"
 DecoderFactory = Callable[[Sequence[OutputInfo], Sequence[str], Params, DetectionSettings],
                           Decoder]
-DECODERS: dict[str, DecoderFactory] = {"ssd": ssd.build_ssd, "yolo": yolo.build_yolo}
-DECODER_PARAMS: dict[str, tuple[str, ...]] = {"ssd": ssd.PARAMS, "yolo": yolo.PARAMS}
+DECODERS: dict[str, DecoderFactory] = {"ssd": ssd.build_ssd, "yolo": yolo.build_yolo,
+                                       "yolov5": yolo.build_yolov5, "yolov8": yolo.build_yolov8}
+DECODER_PARAMS: dict[str, tuple[str, ...]] = {"ssd": ssd.PARAMS, "yolo": yolo.PARAMS,
+                                              "yolov5": yolo.PARAMS, "yolov8": yolo.PARAMS}
 COMMON_PARAMS = ("decoder", "score_threshold", "iou_threshold", "max_detections",
                  "input_width", "input_height")
 

@@ -122,10 +122,10 @@ def _best_above(scores: np.ndarray, threshold: float, limit: int) -> np.ndarray:
 
 
 def build_yolo(outputs: Sequence[OutputInfo], labels: Sequence[str], params: Params,
-               settings: DetectionSettings) -> Decoder:
+               settings: DetectionSettings, version: str = "auto") -> Decoder:
     if len(outputs) != 1:
         raise ValueError(f"detection decoder 'yolo' takes one output; the model has {len(outputs)}")
-    forced = params.choice("layout", "auto", LAYOUTS)
+    forced = params.choice("layout", version, LAYOUTS)
     layout = find_layout(outputs[0].shape, len(labels), forced)
 
     def decode(arrays: Sequence[np.ndarray], context: PostContext) -> Candidates:
@@ -139,3 +139,15 @@ def build_yolo(outputs: Sequence[OutputInfo], labels: Sequence[str], params: Par
         return batched_nms(candidates, settings.iou_threshold, settings.max_detections)
 
     return decode
+
+
+def build_yolov5(outputs: Sequence[OutputInfo], labels: Sequence[str], params: Params,
+                 settings: DetectionSettings) -> Decoder:
+    """``yolov5``: the v5 layout ``[1, N, 5 + C]``, named rather than read from the shape."""
+    return build_yolo(outputs, labels, params, settings, "v5")
+
+
+def build_yolov8(outputs: Sequence[OutputInfo], labels: Sequence[str], params: Params,
+                 settings: DetectionSettings) -> Decoder:
+    """``yolov8``: the v8 layout ``[1, 4 + C, N]``, named rather than read from the shape."""
+    return build_yolo(outputs, labels, params, settings, "v8")

@@ -183,6 +183,13 @@ def test_yolo_v8_layout_gives_the_same_objects() -> None:
     assert_objects(detect([head], decoder="yolo"), OBJECTS)
 
 
+def test_named_yolo_decoders_fix_the_layout() -> None:
+    assert_objects(detect([yolo_rows(OBJECTS, 3)[None]], decoder="yolov5"), OBJECTS)
+    assert_objects(detect([v8_from_rows(yolo_rows(OBJECTS, 3))], decoder="yolov8"), OBJECTS)
+    with pytest.raises(ValueError, match="fits neither"):
+        detect([yolo_rows(OBJECTS, 3)[None]], decoder="yolov8")
+
+
 def test_yolo_v5_score_is_objectness_times_class_score() -> None:
     rows = yolo_rows([(1, 0.8, 0.1, 0.1, 0.3, 0.3)], 3, noise=0)
     rows[0, 4] = 0.5
