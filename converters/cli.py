@@ -117,12 +117,15 @@ def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Labelled image folder or .npz to check against.")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True)
+@click.option("--allow-poor-data", is_flag=True,
+              help="Verify even when DATA fails the calibration hygiene checks.")
 @click.option("--json", "as_json", is_flag=True)
-def verify(bundle: Path, data: Path, max_accuracy_drop: float, as_json: bool) -> None:
-    """Re-check a bundle: integrity, loading, accuracy on DATA, latency."""
+def verify(bundle: Path, data: Path, max_accuracy_drop: float, allow_poor_data: bool,
+           as_json: bool) -> None:
+    """Re-check a bundle: integrity, loading, the data's hygiene, accuracy on DATA, latency."""
     from .recheck import recheck
 
-    report = recheck(bundle, data)
+    report = recheck(bundle, data, allow_poor_data=allow_poor_data)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -14,9 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_runtime.sources.images import decode_image, label_for, list_images
+
 from .errors import ConvertError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg"}
 
 
@@ -77,8 +78,10 @@ def load_dataset(path: Path, *, class_names: Sequence[str] | None = None) -> Dat
 
 
 def _load_folder(root: Path, class_names: Sequence[str] | None) -> Dataset:
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    folder_classes = [d.name for d in subdirs if _images_in(d)]
+    """Images read as the daemon's image-folder source reads them (same suffixes, recursion and
+    colour handling); an image's class is its first sub-folder."""
+    listed = [(p, label_for(p.relative_to(root))) for p in list_images(root)]
+    folder_classes = sorted({label for _, label in listed if label is not None})
     if folder_classes:
         names = list(class_names) if class_names else folder_classes
         unknown = [c for c in folder_classes if c not in names]
@@ -86,11 +89,10 @@ def _load_folder(root: Path, class_names: Sequence[str] | None) -> Dataset:
             raise ConvertError(
                 f"data {root}: class folder(s) {', '.join(unknown[:5])} are not in the labels "
                 f"({', '.join(names[:10])}{'…' if len(names) > 10 else ''})")
-        files = [(p, names.index(d.name)) for d in subdirs if d.name in names
-                 for p in _images_in(d)]
+        files = [(p, names.index(label)) for p, label in listed if label is not None]
     else:
         names = list(class_names) if class_names else []
-        files = [(p, -1) for p in _images_in(root)]
+        files = [(p, -1) for p, _ in listed]
     digest = hashlib.sha256()
     items: list[np.ndarray] = []
     targets: list[int] = []
@@ -98,13 +100,11 @@ def _load_folder(root: Path, class_names: Sequence[str] | None) -> Dataset:
     unreadable: list[str] = []
     for path, target in files:
         raw = path.read_bytes()
-        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+        image = decode_image(raw)
         rel = path.relative_to(root).as_posix()
-        if image is None or image.size == 0:
+        if image is None:
             unreadable.append(rel)
             continue
-        if image.dtype != np.uint8:
-            image = _to_uint8(image)
         digest.update(rel.encode())
         digest.update(hashlib.sha256(raw).digest())
         items.append(image)
@@ -113,16 +113,6 @@ def _load_folder(root: Path, class_names: Sequence[str] | None) -> Dataset:
     labels = np.asarray(targets, dtype=np.int64) if folder_classes else None
     return Dataset(items, labels, names or None, f"folder {root}", digest.hexdigest(), refs,
                    unreadable)
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint16:
-        return (image >> 8).astype(np.uint8)
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def _load_npz(path: Path, class_names: Sequence[str] | None) -> Dataset:

@@ -1,4 +1,9 @@
-"""A folder of images (class sub-folders give labels), or a single image file."""
+"""A folder of images (class sub-folders give labels), or a single image file.
+
+:func:`list_images` and :func:`decode_image` are also how the converter reads calibration and
+validation folders: the same suffixes, the same recursion, the same colour handling, so that
+calibration sees what the board will see.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,14 @@ def label_for(relative: Path) -> str | None:
 def read_image(path: Path) -> np.ndarray | None:
     """An image as OpenCV gives it (BGR, or gray for gray files), 8-bit; None if unreadable."""
     image = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)
+    if image is None or image.size == 0:
+        return None
+    return np.asarray(image)
+
+
+def decode_image(raw: bytes) -> np.ndarray | None:
+    """The bytes of an image file, decoded exactly as :func:`read_image` reads the file."""
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_ANYCOLOR)
     if image is None or image.size == 0:
         return None
     return np.asarray(image)

@@ -334,6 +334,17 @@ def test_verify_refuses_data_from_other_classes(digits_bundle: Path,
     assert_refused(result, "are not in the labels")
 
 
+@pytest.mark.slow
+def test_verify_runs_the_data_hygiene_checks(digits_bundle: Path,
+                                             calibration_sets: CalibrationSets) -> None:
+    result = edge_convert("verify", digits_bundle, "--data", calibration_sets.black)
+    assert_refused(result, "--allow-poor-data")
+    forced = edge_convert("verify", digits_bundle, "--data", calibration_sets.black,
+                          "--allow-poor-data", "--json")
+    assert forced.returncode in (0, 3), forced.stderr
+    assert json.loads(forced.stdout)["data_problems"]
+
+
 # --- several profiles in one call: legacy .h5, .npz calibration, Edge TPU ---------------------
 
 

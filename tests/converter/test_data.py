@@ -305,3 +305,28 @@ def test_subset_keeps_items_labels_and_refs_aligned() -> None:
     assert sub.labels is not None and sub.labels.tolist() == [5, 3]
     assert sub.refs == ["4", "0"]
     assert [int(x[0, 0]) for x in sub.items] == [4, 0]
+
+
+def test_the_converter_reads_a_folder_exactly_as_the_daemon_does(tmp_path: Path) -> None:
+    from edge_runtime.sources import SourceOptions, open_source
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "cat" / "nested").mkdir(parents=True)
+    (tmp_path / "dog").mkdir()
+    cv2.imwrite(str(tmp_path / "cat" / "a.PNG"), rng.integers(0, 256, (20, 30, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "cat" / "nested" / "b.png"),
+                rng.integers(0, 65535, (20, 30), np.uint16))            # 16-bit gray
+    cv2.imwrite(str(tmp_path / "dog" / "c.png"), rng.integers(0, 256, (20, 30, 4), np.uint8))
+    cv2.imwrite(str(tmp_path / "dog" / ".hidden.png"), np.zeros((5, 5, 3), np.uint8))
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    data = load_dataset(tmp_path, class_names=["cat", "dog"])
+    source = open_source(str(tmp_path), SourceOptions())
+    source.open()
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+    assert data.refs == [f.ref for f in frames] == ["cat/a.PNG", "cat/nested/b.png", "dog/c.png"]
+    assert [data.class_names[i] for i in data.labels] == [f.label for f in frames]  # type: ignore[index, union-attr]
+    for item, frame in zip(data.items, frames, strict=True):
+        assert item.dtype == frame.data.dtype == np.uint8
+        assert np.array_equal(item, frame.data)
