@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.bundles.manifest import Bundle, BundleError, bare_model, load_bundle_dir, read_labels
 from edge_runtime.bundles.packing import PackError, unpack_bundle
 from edge_runtime.system.paths import default_state_dir
+
+if TYPE_CHECKING:
+    from edge_runtime.bundles.signing import Release
 
 PACK_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -54,19 +57,19 @@ def resolve_bundle(path: Path, *, state_dir: Path | None = None,
 
 def load_verified(bundle_dir: Path, trusted_keys: Sequence[Path]) -> Bundle:
     """A bundle directory, its signature checked against ``trusted_keys`` when any are given."""
-    signer = verify(bundle_dir, trusted_keys) if trusted_keys else None
+    release = verify(bundle_dir, trusted_keys) if trusted_keys else None
     bundle = load_bundle_dir(bundle_dir)
-    bundle.signed_by = signer
+    _mark_signed(bundle, release)
     return bundle
 
 
-def verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> str:
-    """The key id that signed ``bundle_dir``; BundleError naming the problem otherwise."""
+def verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> Release:
+    """The release ``bundle_dir`` is, as its signature says; BundleError naming the problem."""
     # Imported here: cryptography costs start-up time a daemon without signing need not pay.
-    from edge_runtime.bundles.signing import SignatureError, verify_bundle
+    from edge_runtime.bundles.signing import SignatureError, verify_release
 
     try:
-        return verify_bundle(bundle_dir, trusted_keys)
+        return verify_release(bundle_dir, trusted_keys)
     except SignatureError as exc:
         raise BundleError(f"{bundle_dir}: {exc}") from None
 
@@ -80,9 +83,16 @@ def unpack_pack(archive: Path | bytes, dest_root: Path, trusted_keys: Sequence[P
     if isinstance(archive, Path) and not archive.is_file():
         raise BundleError(f"bundle {archive} does not exist")
     try:
-        root, signer = unpack_bundle(archive, dest_root, trusted_keys=trusted_keys)
+        root, release = unpack_bundle(archive, dest_root, trusted_keys=trusted_keys)
     except (PackError, SignatureError) as exc:
         raise BundleError(f"{where}: {exc}") from None
     bundle = load_bundle_dir(root)
-    bundle.signed_by = signer
+    _mark_signed(bundle, release)
     return bundle
+
+
+def _mark_signed(bundle: Bundle, release: Release | None) -> None:
+    if release is not None:
+        bundle.signed_by = release.key_id
+        bundle.sequence = release.sequence
+        bundle.groups = release.groups
