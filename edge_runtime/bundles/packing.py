@@ -95,7 +95,7 @@ def unpack_bundle(
             from edge_runtime.bundles.signing import verify_release
 
             release = verify_release(bundle, trusted_keys)
-        return _move_into_place(bundle, dest_root / top, staging), release
+        return move_into_place(bundle, dest_root / top, staging), release
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -288,7 +288,7 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) ->
     target.chmod(_FILE_MODE)
 
 
-def _move_into_place(bundle: Path, final: Path, staging: Path) -> Path:
+def move_into_place(bundle: Path, final: Path, staging: Path) -> Path:
     # A directory cannot be swapped atomically; park the old copy inside the staging area so the
     # cleanup removes it, and the gap without a bundle lasts two renames.
     parked = staging / f"{final.name}.previous"

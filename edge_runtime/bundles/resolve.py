@@ -7,13 +7,16 @@ it, and loading the model later trusts that instead of hashing every file again.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.bundles.manifest import Bundle, BundleError, bare_model, load_bundle_dir, read_labels
-from edge_runtime.bundles.packing import PackError, unpack_bundle
+from edge_runtime.bundles.packing import PackError, move_into_place, unpack_bundle
 from edge_runtime.system.paths import default_state_dir
 
 if TYPE_CHECKING:
@@ -45,7 +48,7 @@ def resolve_bundle(path: Path, *, state_dir: Path | None = None,
     if path.is_dir():
         return load_verified(path, trusted_keys)
     if path.name.endswith(PACK_SUFFIXES):
-        return unpack_pack(path, (state_dir or default_state_dir()) / "bundles", trusted_keys)
+        return install_pack(path, state_dir or default_state_dir(), trusted_keys)
     if path.suffix == ".tflite":
         h = hints or Hints()
         labels = read_labels(h.labels) if h.labels else None
@@ -72,6 +75,29 @@ def verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> Release:
         return verify_release(bundle_dir, trusted_keys)
     except SignatureError as exc:
         raise BundleError(f"{bundle_dir}: {exc}") from None
+
+
+def install_pack(archive: Path, state_dir: Path, trusted_keys: Sequence[Path]) -> Bundle:
+    """A pack unpacked and checked apart, under ``STATE/incoming``, and only then moved into
+    ``STATE/bundles``: a bad pack never replaces the bundle installed under its name."""
+    incoming = state_dir / "incoming"
+    try:
+        incoming.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="start-", dir=incoming))
+    except OSError as exc:
+        raise BundleError(f"cannot stage a bundle in {incoming}: {exc.strerror or exc}") from None
+    try:
+        bundle = unpack_pack(archive, staging, trusted_keys)
+        assert bundle.root is not None
+        final = state_dir / "bundles" / bundle.root.name
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            move_into_place(bundle.root, final, staging)
+        except (OSError, PackError) as exc:
+            raise BundleError(f"{archive}: {exc}") from None
+        return dataclasses.replace(bundle, root=final, model_path=final / bundle.model_path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def unpack_pack(archive: Path | bytes, dest_root: Path, trusted_keys: Sequence[Path],
