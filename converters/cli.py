@@ -140,16 +140,26 @@ def verify(bundle: Path, data: Path, max_accuracy_drop: float, allow_poor_data: 
         sys.exit(3)
 
 
+SEQUENCE_HELP = ("Release sequence signed into the bundle; devices refuse one older than they "
+                 "served (default: the time in ms, above any earlier signature's).")
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--sign-key", type=click.Path(path_type=Path), help="ed25519 private key.")
-def pack(bundle: Path, sign_key: Path | None) -> None:
+@click.option("--sequence", type=click.IntRange(min=0), help=SEQUENCE_HELP)
+@click.option("--group", "groups", multiple=True,
+              help="Sign for devices in this group only; repeat for several.")
+def pack(bundle: Path, sign_key: Path | None, sequence: int | None,
+         groups: tuple[str, ...]) -> None:
     """Write BUNDLE.tar.gz beside the bundle directory (signed with --sign-key)."""
     from edge_runtime.bundles.manifest import load_bundle_dir
     from edge_runtime.bundles.packing import pack_bundle
 
+    if (sequence is not None or groups) and sign_key is None:
+        raise ConvertError("--sequence and --group are signed: give --sign-key")
     load_bundle_dir(bundle)
-    archive = pack_bundle(bundle, sign_key=sign_key)
+    archive = pack_bundle(bundle, sign_key=sign_key, sequence=sequence, groups=groups)
     click.echo(str(archive))
 
 
@@ -168,24 +178,26 @@ def keygen(directory: Path) -> None:
 @click.option("--mqtt", "mqtt_url", required=True, help="mqtt://[user:pass@]host[:port]")
 @click.option("--mqtt-ca", type=click.Path(path_type=Path), help="CA certificate for mqtts://.")
 @click.option("--device", "devices", multiple=True, help="Device id; repeat for several.")
-@click.option("--group", "groups", multiple=True, help="Devices that joined this group.")
+@click.option("--group", "groups", multiple=True,
+              help="Devices that joined this group (the bundle is signed for it).")
 @click.option("--sign-key", type=click.Path(path_type=Path), help="ed25519 private key.")
+@click.option("--sequence", type=click.IntRange(min=0), help=SEQUENCE_HELP)
 @click.option("--pipeline", help="Pipeline to update on each device (default: its only one).")
 @click.option("--prefix", default="edge", show_default=True)
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option("--chunk-size", type=click.IntRange(min=1024), default=256 * 1024,
               show_default=True, help="Largest bundle piece per MQTT message (bytes).")
 def deploy_cmd(bundle: Path, mqtt_url: str, mqtt_ca: Path | None, devices: tuple[str, ...],
-               groups: tuple[str, ...], sign_key: Path | None, pipeline: str | None,
-               prefix: str, timeout: float, chunk_size: int) -> None:
+               groups: tuple[str, ...], sign_key: Path | None, sequence: int | None,
+               pipeline: str | None, prefix: str, timeout: float, chunk_size: int) -> None:
     """Pack, sign and push BUNDLE to devices; wait for each verdict."""
     from .deploy import deploy, results_table
 
     if not devices and not groups:
         raise ConvertError("give at least one --device or --group")
     results = deploy(bundle, url=mqtt_url, devices=devices, groups=groups, sign_key=sign_key,
-                     prefix=prefix, pipeline=pipeline, timeout=timeout, chunk_size=chunk_size,
-                     ca_file=mqtt_ca)
+                     sequence=sequence, prefix=prefix, pipeline=pipeline, timeout=timeout,
+                     chunk_size=chunk_size, ca_file=mqtt_ca)
     click.echo(results_table(results))
     if not all(r.ok for r in results):
         sys.exit(1)

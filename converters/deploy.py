@@ -73,8 +73,11 @@ def group_members(client: mqtt.Client, prefix: str, group: str, wait_s: float = 
 def deploy(bundle: Path, *, url: str, devices: Sequence[str], groups: Sequence[str] = (),
            sign_key: Path | None = None, prefix: str = "edge", pipeline: str | None = None,
            timeout: float = 120.0, chunk_size: int = DEFAULT_CHUNK,
-           ca_file: Path | None = None) -> list[DeviceResult]:
-    archive_path = _archive(bundle, sign_key)
+           ca_file: Path | None = None, sequence: int | None = None) -> list[DeviceResult]:
+    """Push ``bundle`` to ``devices`` and the members of ``groups``. Signed here, it is signed as
+    release ``sequence`` and for ``groups`` (none: any device), so that a device outside them,
+    or one that already served a newer release, refuses it."""
+    archive_path = _archive(bundle, sign_key, sequence, groups)
     archive = archive_path.read_bytes()
     manifest = load_bundle_dir(bundle).manifest if bundle.is_dir() else None
     client = _connect(url, ca_file)
@@ -95,14 +98,18 @@ def deploy(bundle: Path, *, url: str, devices: Sequence[str], groups: Sequence[s
         client.loop_stop()
 
 
-def _archive(bundle: Path, sign_key: Path | None) -> Path:
+def _archive(bundle: Path, sign_key: Path | None, sequence: int | None,
+             groups: Sequence[str]) -> Path:
     if bundle.is_dir():
         load_bundle_dir(bundle)
-        return pack_bundle(bundle, sign_key=sign_key)
+        if sign_key is None and sequence is not None:
+            raise ConvertError("--sequence is signed: give --sign-key")
+        return pack_bundle(bundle, sign_key=sign_key, sequence=sequence,
+                           groups=groups if sign_key is not None else ())
     if bundle.name.endswith(".tar.gz") and bundle.is_file():
-        if sign_key is not None:
-            raise ConvertError("--sign-key needs a bundle directory (a packed bundle is signed "
-                               "when packed)")
+        if sign_key is not None or sequence is not None:
+            raise ConvertError("--sign-key and --sequence need a bundle directory (a packed "
+                               "bundle is signed when packed)")
         return bundle
     raise ConvertError(f"{bundle}: expected a bundle directory or a packed .tar.gz")
 

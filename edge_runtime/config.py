@@ -139,7 +139,11 @@ class CommandConfig(_Model):
     burst: int = Field(40, ge=1, description="Commands allowed in a burst.")
     max_bundle_bytes: int = Field(64 * 2**20, ge=1024, description="Largest deployable bundle.")
     bundle_roots: list[Path] = Field(default_factory=list,
-                                     description="Where reload may read bundles from.")
+                                     description="Where reload may read bundles from, besides "
+                                                 "the state dir's bundles/.")
+    deploy_idle_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                         description="A deploy with no chunk for this long is "
+                                                     "dropped and answered.")
 
 
 class HomeAssistantConfig(_Model):
@@ -154,6 +158,9 @@ class DaemonConfig(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
     metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between metrics messages.")
     trusted_keys: list[Path] = Field(default_factory=list, description="ed25519 public keys.")
+    allow_unsigned_deploy: bool = Field(
+        False, description="Without trusted_keys, accept unsigned bundles from deploy (anyone "
+                           "who can publish on the broker can then replace the model).")
     groups: list[str] = Field(default_factory=list, description="Deployment groups joined.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)  # type: ignore[arg-type]
     commands: CommandConfig = Field(default_factory=CommandConfig)  # type: ignore[arg-type]

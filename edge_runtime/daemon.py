@@ -12,7 +12,6 @@ import logging
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from edge_runtime.system.notify import Notifier
@@ -51,10 +50,15 @@ class Daemon:
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", config.outbox.max_messages,
                              config.outbox.max_bytes, config.outbox.synchronous)
         self.pipelines: dict[str, Pipeline] = {}
-        store = BundleStore(self.state_dir, self._reload_roots(), config.trusted_keys)
+        store = BundleStore(self.state_dir, config.commands.bundle_roots, config.trusted_keys,
+                            config.groups)
+        for name, model in models.items():
+            store.releases.record(model.bundle, name)
+        self.warnings = self._trust_warnings()
         self.control = Control(self.pipelines, loader=self.loader, store=store,
                                reply=self._reply, on_model_changed=self.refresh_status,
-                               metrics=self.publish_metrics, settings=config.commands)
+                               metrics=self.publish_metrics, settings=config.commands,
+                               allow_unsigned_deploy=config.allow_unsigned_deploy)
         self.link = MqttLink(self._mqtt_settings(), self.topics, self.outbox,
                              on_command=self.control.dispatcher.submit,
                              status_extra=self._status_extra)
@@ -80,9 +84,18 @@ class Daemon:
             raise
         return models
 
-    def _reload_roots(self) -> list[Path]:
-        return [*self.config.commands.bundle_roots,
-                *(pc.bundle.parent for pc in self.config.pipelines)]
+    def _trust_warnings(self) -> list[str]:
+        """What the operator should know about who may change the model; logged and in status."""
+        if not self.config.allow_unsigned_deploy:
+            return []
+        if self.config.trusted_keys:
+            log.warning("allow_unsigned_deploy is ignored: trusted_keys are set, so only signed "
+                        "bundles are deployed")
+            return []
+        warning = ("allow_unsigned_deploy: unsigned bundles are accepted from deploy; anyone who "
+                   "can publish on the broker can replace the model")
+        log.warning("%s", warning)
+        return [warning]
 
     def _reply(self, verb: str, result: dict[str, Any]) -> None:
         self.link.publish(self.topics.reply(verb), encode(result), qos=1)
@@ -229,6 +242,7 @@ class Daemon:
         return {
             "device": self.config.device_id, "version": __version__,
             "groups": list(self.config.groups),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
             "pipelines": {name: {"model": p.model.bundle.model_info, "paused": p.paused,
                                  "source": self.config_for(name).source}
                           for name, p in self.pipelines.items()},

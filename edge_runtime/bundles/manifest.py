@@ -1,19 +1,23 @@
 """Bundles: the unit flashed onto a board (SPEC §3), and bare ``.tflite`` files described by flags.
 
 ``load_bundle`` checks everything that can be checked without running the model: the manifest
-schema, the model's sha256, labels against the outputs. It never trusts a path inside a manifest.
+schema, the model's sha256, labels against the outputs. It never trusts a path inside a manifest,
+and everything it reads is a regular file that resolves inside the bundle directory: a link to a
+file elsewhere is refused. Manifests are bounded in size and depth (``jsonfile``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from edge_runtime.bundles.jsonfile import JsonLimitError, read_json
 from edge_runtime.errors import EdgeError
 from edge_runtime.postprocess import TASKS as TASKS  # the registry's list, re-exported
 from edge_runtime.preprocess import InputSpec
@@ -22,6 +26,7 @@ from edge_runtime.yamlconfig import one_of
 SCHEMA = "edge-bundle/1"
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
+MAX_LABELS_BYTES = 4 * 2**20
 TaskName = Annotated[str, AfterValidator(one_of("task", TASKS))]
 
 
@@ -94,6 +99,8 @@ class Bundle:
     root: Path | None = None
     params: dict[str, Any] = field(default_factory=dict)
     signed_by: str | None = None   # the trusted key id that verified it, once, when resolved
+    sequence: int | None = None    # the signed release sequence (None: not signed)
+    groups: tuple[str, ...] = ()   # the device groups it was signed for (none: any device)
 
     @property
     def model_info(self) -> dict[str, str]:
@@ -114,7 +121,11 @@ def sha256_file(path: Path) -> str:
 
 def read_labels(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_LABELS_BYTES + 1)
+        if len(data) > MAX_LABELS_BYTES:
+            raise BundleError(f"labels {path} are over the {MAX_LABELS_BYTES}-byte limit")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BundleError(f"cannot read labels {path}: {exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
@@ -122,15 +133,17 @@ def read_labels(path: Path) -> list[str]:
 
 def load_manifest(path: Path) -> Manifest:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, f"{path}: manifest")
     except FileNotFoundError:
         raise BundleError(f"{path.parent}: no manifest.json (not a bundle)") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: manifest is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    except JsonLimitError as exc:
+        raise BundleError(str(exc)) from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: manifest must be a JSON object")
     if data.get("schema") != SCHEMA:
-        raise BundleError(f"{path}: unsupported manifest schema {data.get('schema')!r} "
+        raise BundleError(f"{path}: unsupported manifest schema {str(data.get('schema'))[:40]!r} "
                           f"(expected {SCHEMA!r})")
     try:
         return Manifest.model_validate(data)
@@ -140,23 +153,42 @@ def load_manifest(path: Path) -> Manifest:
         raise BundleError(f"{path}: manifest field {where!r}: {err['msg']}") from None
 
 
+def inside(root: Path, name: str) -> Path | None:
+    """``root/name`` when it is a regular file whose real path lies inside ``root`` (which is
+    resolved already); None when it does not exist; BundleError when it leads elsewhere."""
+    path = root / name
+    if not path.exists() and not path.is_symlink():
+        return None
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(root) or real == root:
+        raise BundleError(f"{root}: {name} is a link to a file outside the bundle; refused")
+    if not real.is_file():
+        raise BundleError(f"{root}: {name} is not a regular file")
+    return real
+
+
 def load_bundle_dir(root: Path, *, check_sha: bool = True) -> Bundle:
     """Load and check a bundle directory (not yet the model itself)."""
     if not root.is_dir():
         raise BundleError(f"bundle {root} does not exist or is not a directory")
-    manifest = load_manifest(root / MANIFEST)
+    root = Path(os.path.realpath(root))
+    manifest_path = inside(root, MANIFEST)
+    if manifest_path is None:
+        raise BundleError(f"{root}: no manifest.json (not a bundle)")
+    manifest = load_manifest(manifest_path)
     model_name = Path(manifest.model_file).name
     if model_name != manifest.model_file or model_name in ("", ".", ".."):
         raise BundleError(f"{root}: model_file {manifest.model_file!r} must be a plain file name")
-    model_path = root / model_name
-    if not model_path.is_file():
+    model_path = inside(root, model_name)
+    if model_path is None:
         raise BundleError(f"{root}: model file {model_name} is missing")
     if check_sha:
         actual = sha256_file(model_path)
         if actual != manifest.sha256:
             raise BundleError(f"{root}: sha256 of {model_name} does not match the manifest "
                               "(modified or corrupt)")
-    labels = read_labels(root / LABELS) if (root / LABELS).is_file() else []
+    labels_path = inside(root, LABELS)
+    labels = read_labels(labels_path) if labels_path is not None else []
     spec = InputSpec.from_manifest(manifest.input.model_dump())
     _check_labels(root, manifest, labels)
     params = dict(manifest.postprocess)

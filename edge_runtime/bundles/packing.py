@@ -16,9 +16,12 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from edge_runtime.errors import EdgeError
+
+if TYPE_CHECKING:
+    from edge_runtime.bundles.signing import Release
 
 ARCHIVE_SUFFIX = ".tar.gz"
 MANIFEST_FILE = "manifest.json"
@@ -33,8 +36,10 @@ class PackError(EdgeError):
     """A bundle cannot be packed, or an archive is unsafe, corrupt or not a bundle."""
 
 
-def pack_bundle(bundle_dir: Path, sign_key: Path | None = None, out: Path | None = None) -> Path:
-    """Write ``<bundle>.tar.gz`` (beside the bundle unless ``out`` says where), signing first."""
+def pack_bundle(bundle_dir: Path, sign_key: Path | None = None, out: Path | None = None, *,
+                sequence: int | None = None, groups: Sequence[str] = ()) -> Path:
+    """Write ``<bundle>.tar.gz`` (beside the bundle unless ``out`` says where), signing first
+    (as release ``sequence``, for the device ``groups``; see ``signing.sign_bundle``)."""
     bundle_dir = Path(bundle_dir)
     if not (bundle_dir / MANIFEST_FILE).is_file():
         raise PackError(f"{bundle_dir} is not a bundle directory (no {MANIFEST_FILE})")
@@ -43,7 +48,7 @@ def pack_bundle(bundle_dir: Path, sign_key: Path | None = None, out: Path | None
         from edge_runtime.bundles.signing import SignatureError, sign_bundle
 
         try:
-            sign_bundle(bundle_dir, sign_key)
+            sign_bundle(bundle_dir, sign_key, sequence=sequence, groups=groups)
         except SignatureError as exc:
             raise PackError(str(exc)) from exc
     target = _archive_path(bundle_dir, out)
@@ -61,12 +66,15 @@ def unpack_bundle(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     trusted_keys: Sequence[Path] = (),
-) -> tuple[Path, str | None]:
-    """Extract a packed bundle under ``dest_root``; return its directory and who signed it.
+) -> tuple[Path, Release | None]:
+    """Extract a packed bundle under ``dest_root``; return its directory and the signed release.
 
-    The archive must hold exactly one top-level directory of regular files. It is extracted into
-    a fresh temporary directory, verified against ``trusted_keys`` when any are given (raising
-    ``SignatureError``), and only then renamed into place, replacing an older copy.
+    The archive must hold exactly one top-level directory of regular files. With
+    ``trusted_keys``, its ``signature.json`` is read from the archive and verified first, and
+    the archive must list exactly the files it signed, at their signed sizes, before a byte is
+    written (raising ``SignatureError``); the files' hashes are checked once extracted. It is
+    extracted into a fresh temporary directory and only then renamed into place, replacing an
+    older copy.
     """
     dest_root = Path(dest_root)
     try:
@@ -76,18 +84,60 @@ def unpack_bundle(
         raise PackError(f"cannot unpack into {dest_root}: {exc.strerror or exc}") from exc
     try:
         with _open_archive(archive) as tar:
-            top = _extract_checked(tar, staging, max_bytes)
+            members, top = _checked_layout(tar, max_bytes)
+            release = _signed_release(tar, members, top, trusted_keys) if trusted_keys else None
+            for member in members:
+                _extract_member(tar, member, staging)
         bundle = staging / top
         if not (bundle / MANIFEST_FILE).is_file():
             raise PackError(f"archive holds no {top}/{MANIFEST_FILE}; not a bundle")
-        signer = None
         if trusted_keys:
-            from edge_runtime.bundles.signing import verify_bundle
+            from edge_runtime.bundles.signing import verify_release
 
-            signer = verify_bundle(bundle, trusted_keys)
-        return _move_into_place(bundle, dest_root / top, staging), signer
+            release = verify_release(bundle, trusted_keys)
+        return move_into_place(bundle, dest_root / top, staging), release
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _signed_release(tar: tarfile.TarFile, members: list[tarfile.TarInfo], top: str,
+                    trusted_keys: Sequence[Path]) -> Release:
+    """The release the archive's signature vouches for, checked against the member list."""
+    from edge_runtime.bundles.signing import (
+        MAX_SIGNATURE_BYTES,
+        SIGNATURE_FILE,
+        SignatureError,
+        verify_document,
+    )
+
+    files = {_relative(m.name, top): m for m in members if m.isfile()}
+    entry = files.pop(SIGNATURE_FILE, None)
+    if entry is None:
+        raise SignatureError("bundle is not signed")
+    if entry.size > MAX_SIGNATURE_BYTES:
+        raise SignatureError(f"{SIGNATURE_FILE} is over the {MAX_SIGNATURE_BYTES}-byte limit")
+    source = tar.extractfile(entry)
+    if source is None:
+        raise PackError(f"archive member {entry.name} cannot be read")
+    try:
+        with source:
+            release = verify_document(source.read(MAX_SIGNATURE_BYTES + 1), trusted_keys)
+    except (*_CORRUPT, OSError) as exc:
+        raise PackError(f"archive is corrupt: {exc}") from exc
+    for rel in sorted(files):
+        if rel not in release.files:
+            raise SignatureError(f"unexpected file {rel}")
+        if files[rel].size != release.sizes[rel]:
+            raise SignatureError(f"file {rel} was modified")
+    for rel in sorted(release.files):
+        if rel not in files:
+            raise SignatureError(f"file {rel} is missing")
+    return release
+
+
+def _relative(name: str, top: str) -> str:
+    parts = PurePosixPath(name).parts
+    return PurePosixPath(*parts[1:]).as_posix() if parts and parts[0] == top else name
 
 
 def _archive_path(bundle_dir: Path, out: Path | None) -> Path:
@@ -159,8 +209,8 @@ def _open_archive(archive: Path | bytes) -> tarfile.TarFile:
         raise PackError(f"cannot read {source}: {exc.strerror or exc}") from exc
 
 
-def _extract_checked(tar: tarfile.TarFile, staging: Path, max_bytes: int) -> str:
-    """Check every member, then extract; return the single top-level directory name."""
+def _checked_layout(tar: tarfile.TarFile, max_bytes: int) -> tuple[list[tarfile.TarInfo], str]:
+    """Every member checked, nothing extracted; the members and the one top-level directory."""
     members = _checked_members(tar, max_bytes)
     tops = {PurePosixPath(m.name).parts[0] for m in members}
     if len(tops) != 1:
@@ -168,9 +218,7 @@ def _extract_checked(tar: tarfile.TarFile, staging: Path, max_bytes: int) -> str
     top = tops.pop()
     if any(PurePosixPath(m.name).parts == (top,) and not m.isdir() for m in members):
         raise PackError(f"archive top-level entry {top} is not a directory")
-    for member in members:
-        _extract_member(tar, member, staging)
-    return top
+    return members, top
 
 
 def _checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInfo]:
@@ -240,7 +288,7 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) ->
     target.chmod(_FILE_MODE)
 
 
-def _move_into_place(bundle: Path, final: Path, staging: Path) -> Path:
+def move_into_place(bundle: Path, final: Path, staging: Path) -> Path:
     # A directory cannot be swapped atomically; park the old copy inside the staging area so the
     # cleanup removes it, and the gap without a bundle lasts two renames.
     parked = staging / f"{final.name}.previous"

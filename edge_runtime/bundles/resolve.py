@@ -7,14 +7,20 @@ it, and loading the model later trusts that instead of hashing every file again.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.bundles.manifest import Bundle, BundleError, bare_model, load_bundle_dir, read_labels
-from edge_runtime.bundles.packing import PackError, unpack_bundle
+from edge_runtime.bundles.packing import PackError, move_into_place, unpack_bundle
 from edge_runtime.system.paths import default_state_dir
+
+if TYPE_CHECKING:
+    from edge_runtime.bundles.signing import Release
 
 PACK_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -42,7 +48,7 @@ def resolve_bundle(path: Path, *, state_dir: Path | None = None,
     if path.is_dir():
         return load_verified(path, trusted_keys)
     if path.name.endswith(PACK_SUFFIXES):
-        return unpack_pack(path, (state_dir or default_state_dir()) / "bundles", trusted_keys)
+        return install_pack(path, state_dir or default_state_dir(), trusted_keys)
     if path.suffix == ".tflite":
         h = hints or Hints()
         labels = read_labels(h.labels) if h.labels else None
@@ -54,21 +60,44 @@ def resolve_bundle(path: Path, *, state_dir: Path | None = None,
 
 def load_verified(bundle_dir: Path, trusted_keys: Sequence[Path]) -> Bundle:
     """A bundle directory, its signature checked against ``trusted_keys`` when any are given."""
-    signer = verify(bundle_dir, trusted_keys) if trusted_keys else None
+    release = verify(bundle_dir, trusted_keys) if trusted_keys else None
     bundle = load_bundle_dir(bundle_dir)
-    bundle.signed_by = signer
+    _mark_signed(bundle, release)
     return bundle
 
 
-def verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> str:
-    """The key id that signed ``bundle_dir``; BundleError naming the problem otherwise."""
+def verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> Release:
+    """The release ``bundle_dir`` is, as its signature says; BundleError naming the problem."""
     # Imported here: cryptography costs start-up time a daemon without signing need not pay.
-    from edge_runtime.bundles.signing import SignatureError, verify_bundle
+    from edge_runtime.bundles.signing import SignatureError, verify_release
 
     try:
-        return verify_bundle(bundle_dir, trusted_keys)
+        return verify_release(bundle_dir, trusted_keys)
     except SignatureError as exc:
         raise BundleError(f"{bundle_dir}: {exc}") from None
+
+
+def install_pack(archive: Path, state_dir: Path, trusted_keys: Sequence[Path]) -> Bundle:
+    """A pack unpacked and checked apart, under ``STATE/incoming``, and only then moved into
+    ``STATE/bundles``: a bad pack never replaces the bundle installed under its name."""
+    incoming = state_dir / "incoming"
+    try:
+        incoming.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="start-", dir=incoming))
+    except OSError as exc:
+        raise BundleError(f"cannot stage a bundle in {incoming}: {exc.strerror or exc}") from None
+    try:
+        bundle = unpack_pack(archive, staging, trusted_keys)
+        assert bundle.root is not None
+        final = state_dir / "bundles" / bundle.root.name
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            move_into_place(bundle.root, final, staging)
+        except (OSError, PackError) as exc:
+            raise BundleError(f"{archive}: {exc}") from None
+        return dataclasses.replace(bundle, root=final, model_path=final / bundle.model_path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def unpack_pack(archive: Path | bytes, dest_root: Path, trusted_keys: Sequence[Path],
@@ -80,9 +109,16 @@ def unpack_pack(archive: Path | bytes, dest_root: Path, trusted_keys: Sequence[P
     if isinstance(archive, Path) and not archive.is_file():
         raise BundleError(f"bundle {archive} does not exist")
     try:
-        root, signer = unpack_bundle(archive, dest_root, trusted_keys=trusted_keys)
+        root, release = unpack_bundle(archive, dest_root, trusted_keys=trusted_keys)
     except (PackError, SignatureError) as exc:
         raise BundleError(f"{where}: {exc}") from None
     bundle = load_bundle_dir(root)
-    bundle.signed_by = signer
+    _mark_signed(bundle, release)
     return bundle
+
+
+def _mark_signed(bundle: Bundle, release: Release | None) -> None:
+    if release is not None:
+        bundle.signed_by = release.key_id
+        bundle.sequence = release.sequence
+        bundle.groups = release.groups

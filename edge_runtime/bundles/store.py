@@ -1,8 +1,11 @@
-"""The bundles a board keeps, and the places a ``reload`` may read one from.
+"""The bundles a board keeps, the places a ``reload`` may read one from, and the signed releases
+it accepts from a command (:mod:`.releases`).
 
 Installed bundles live in ``STATE/bundles/<name>``; a pushed or reloaded pack is unpacked apart,
 under ``STATE/incoming``, and only a bundle that now serves is moved into ``STATE/bundles`` (a
-refused one must never replace the copy a restart loads).
+refused one must never replace the copy a restart loads). ``reload`` reads from
+``STATE/bundles`` and the configured ``commands.bundle_roots`` only: never from wherever a
+running bundle happens to sit (its folder may be ``/tmp``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from edge_runtime.bundles.manifest import Bundle, BundleError
+from edge_runtime.bundles.releases import ReleaseLedger
 from edge_runtime.bundles.resolve import unpack_pack
 
 log = logging.getLogger(__name__)
@@ -23,10 +27,12 @@ MAX_PATH = 4096
 
 
 class BundleStore:
-    def __init__(self, state_dir: Path, roots: Sequence[Path], trusted_keys: Sequence[Path]) -> None:
+    def __init__(self, state_dir: Path, roots: Sequence[Path], trusted_keys: Sequence[Path],
+                 groups: Sequence[str] = ()) -> None:
         self.state_dir = state_dir
         self.extra_roots = list(roots)
         self.trusted_keys = list(trusted_keys)
+        self.releases = ReleaseLedger(state_dir, groups)
 
     @property
     def bundles_dir(self) -> Path:

@@ -1,8 +1,10 @@
 """Commands on ``edge/D/cmd/VERB``: every message gets a reply; nothing on this topic can take the
 daemon down.
 
-Messages are queued (bounded) by the MQTT thread and handled one at a time on the command thread,
-behind a token bucket. Each verb is one small function; a refused command replies
+Messages are queued by the MQTT thread, bounded by count and by bytes, and handled one at a time
+on the command thread, behind a token bucket. A payload over its verb's size limit is refused
+before it is queued: only its size is kept, so a flood of large messages holds no memory. Each
+verb is one small function; a refused command replies
 ``{"ok": false, "error": "…"}`` and changes nothing.
 """
 
@@ -21,10 +23,18 @@ from edge_runtime.errors import EdgeError
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
+QUEUE_BYTES = 32 * 2**20
 
 
 class CommandRefused(EdgeError):
     """Reply ``ok: false`` with this message."""
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """What is queued instead of a payload over the limit: its size only."""
+
+    size: int
 
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -55,10 +65,13 @@ class TokenBucket:
 class CommandDispatcher:
     def __init__(self, reply: Callable[[str, dict[str, Any]], None], *,
                  max_payload_bytes: int = 65536, rate_per_s: float = 20.0,
-                 burst: int = 40) -> None:
+                 burst: int = 40, max_queue_bytes: int = QUEUE_BYTES) -> None:
         self._reply = reply
         self._handlers: dict[str, Handler] = {}
-        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[tuple[str, bytes | Oversized]] = queue.Queue(QUEUE_SIZE)
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
+        self.max_queue_bytes = max_queue_bytes
         self._bucket = TokenBucket(rate_per_s, burst)
         self.max_payload_bytes = max_payload_bytes
         self.counters = {"received": 0, "handled": 0, "refused": 0, "dropped": 0,
@@ -68,6 +81,8 @@ class CommandDispatcher:
         self._last_drop_log = 0.0
         self.unmetered: set[str] = set()
         self.payload_limits: dict[str, int] = {}
+        self.idle_tasks: list[Callable[[], None]] = []
+        self.current_id: Any = None  # the id of the command being handled (command thread)
 
     def register(self, verb: str, handler: Handler) -> None:
         self._handlers[verb] = handler
@@ -76,17 +91,40 @@ class CommandDispatcher:
     def verbs(self) -> list[str]:
         return sorted(self._handlers)
 
+    def limit_for(self, verb: str) -> int:
+        return self.payload_limits.get(verb, self.max_payload_bytes)
+
     def submit(self, verb: str, payload: bytes) -> None:
-        """Called on the MQTT thread: never blocks."""
+        """Called on the MQTT thread: never blocks, never keeps a payload over the limit."""
         self.counters["received"] += 1
+        item: bytes | Oversized = payload
+        if len(payload) > self.limit_for(verb):
+            item = Oversized(len(payload))
+        size = len(item) if isinstance(item, bytes) else 0
+        with self._bytes_lock:
+            fits = self._queued_bytes + size <= self.max_queue_bytes
+            if fits:
+                self._queued_bytes += size
         try:
-            self._queue.put_nowait((verb, payload))
+            if not fits:
+                raise queue.Full
+            self._queue.put_nowait((verb, item))
         except queue.Full:
+            if fits:
+                self._release(size)
             self.counters["dropped"] += 1
             now = time.monotonic()
             if now - self._last_drop_log > 5:
                 self._last_drop_log = now
                 log.warning("command queue full: dropping commands (flood?)")
+
+    def _release(self, size: int) -> None:
+        with self._bytes_lock:
+            self._queued_bytes -= size
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
@@ -102,25 +140,45 @@ class CommandDispatcher:
             try:
                 verb, payload = self._queue.get(timeout=0.2)
             except queue.Empty:
+                self.run_idle_tasks()
                 continue
+            self._release(len(payload) if isinstance(payload, bytes) else 0)
             try:
                 self.handle(verb, payload)
             except Exception:  # a handler bug must not end the command thread
                 log.exception("command %r failed unexpectedly", verb[:64])
 
-    def handle(self, verb: str, payload: bytes) -> dict[str, Any]:
+    def run_idle_tasks(self) -> None:
+        """Timers of the verbs (a deploy transfer that went quiet), on the command thread."""
+        for task in self.idle_tasks:
+            try:
+                task()
+            except Exception:
+                log.exception("command housekeeping failed")
+
+    def reply_later(self, verb: str, request_id: Any, result: dict[str, Any]) -> None:
+        """The reply to a command a handler answered with NO_REPLY."""
+        if _plain_id(request_id):
+            result = {**result, "id": request_id}
+        self._send(verb, result)
+
+    def handle(self, verb: str, payload: bytes | Oversized) -> dict[str, Any]:
         if verb not in self.unmetered and not self._bucket.take():
             self.counters["rate_limited"] += 1
             return self._send(verb, {"ok": False, "error": "rate limited; try again later"})
         request_id: Any = None
         try:
-            args = self._parse(payload, self.payload_limits.get(verb, self.max_payload_bytes))
+            args = self._parse(payload, self.limit_for(verb))
             request_id = args.pop("id", None)
             handler = self._handlers.get(verb)
             if handler is None:
                 raise CommandRefused(f"unknown command {verb[:64]!r}; known: "
                                      f"{', '.join(self.verbs)}")
-            outcome = handler(args)
+            self.current_id = request_id
+            try:
+                outcome = handler(args)
+            finally:
+                self.current_id = None
             self.counters["handled"] += 1
             if outcome is NO_REPLY:
                 return outcome
@@ -144,9 +202,10 @@ class CommandDispatcher:
             log.exception("could not send the reply to %s", verb[:64])
         return result
 
-    def _parse(self, payload: bytes, limit: int) -> dict[str, Any]:
-        if len(payload) > limit:
-            raise CommandRefused(f"payload of {len(payload)} bytes is over the {limit}-byte limit")
+    def _parse(self, payload: bytes | Oversized, limit: int) -> dict[str, Any]:
+        size = payload.size if isinstance(payload, Oversized) else len(payload)
+        if isinstance(payload, Oversized) or size > limit:
+            raise CommandRefused(f"payload of {size} bytes is over the {limit}-byte limit")
         if not payload.strip():
             return {}
         try:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
-from edge_runtime.bundles.manifest import BundleError
+from edge_runtime.bundles.manifest import Bundle, BundleError
 from edge_runtime.bundles.resolve import PACK_SUFFIXES
 from edge_runtime.bundles.store import BundleStore
 from edge_runtime.config import CommandConfig
@@ -25,7 +24,7 @@ from edge_runtime.control.dispatcher import (
     only_keys,
 )
 from edge_runtime.control.install import Installer, Loader, Serving
-from edge_runtime.control.transfer import DeployAssembler
+from edge_runtime.control.transfer import Abandoned, DeployAssembler
 from edge_runtime.model import ModelError
 from edge_runtime.publish.policy import PublishPolicy
 
@@ -48,11 +47,13 @@ class Target(Serving, Protocol):
 class Control:
     def __init__(self, pipelines: Mapping[str, Target], *, loader: Loader, store: BundleStore,
                  reply: Reply, on_model_changed: Callable[[], None],
-                 metrics: Callable[[], dict[str, Any]], settings: CommandConfig) -> None:
+                 metrics: Callable[[], dict[str, Any]], settings: CommandConfig,
+                 allow_unsigned_deploy: bool = False) -> None:
         self._pipelines = pipelines
         self._loader = loader
         self._store = store
         self._metrics = metrics
+        self._unsigned_deploy = allow_unsigned_deploy and not store.trusted_keys
         self._installer = Installer(loader, on_model_changed)
         self.dispatcher = CommandDispatcher(reply, max_payload_bytes=settings.max_payload_bytes,
                                             rate_per_s=settings.rate_per_s, burst=settings.burst)
@@ -63,7 +64,9 @@ class Control:
             self.dispatcher.register(verb, handler)
         self.dispatcher.unmetered.add("deploy")  # chunks; the assembler bounds them itself
         self.dispatcher.payload_limits["deploy"] = DEPLOY_MESSAGE_LIMIT
-        self.assembler = DeployAssembler(settings.max_bundle_bytes)
+        self.assembler = DeployAssembler(settings.max_bundle_bytes,
+                                         settings.deploy_idle_timeout_s)
+        self.dispatcher.idle_tasks.append(self.expire_transfers)
 
     # ----- targets ----------------------------------------------------------------------------
 
@@ -126,13 +129,11 @@ class Control:
             path = self._store.check_path(raw)
             if path.name.endswith(PACK_SUFFIXES):
                 with self._store.staged(path, "reload") as bundle:
-                    result = self._installer.install(pipeline, bundle)
-                    self._keep(bundle.root)
-                return result
+                    return self._install(pipeline, bundle, keep=True)
             bundle = self._loader.resolve(path, pipeline.config)
+            return self._install(pipeline, bundle, keep=False)
         except (BundleError, ModelError) as exc:
             raise CommandRefused(str(exc)) from None
-        return self._installer.install(pipeline, bundle)
 
     def rollback(self, args: dict[str, Any]) -> dict[str, Any]:
         only_keys(args, {"pipeline"})
@@ -140,21 +141,45 @@ class Control:
 
     def deploy(self, args: dict[str, Any]) -> dict[str, Any]:
         """One chunk of a pushed bundle; installs it once complete (see :mod:`.transfer`)."""
+        if not self._store.trusted_keys and not self._unsigned_deploy:
+            raise CommandRefused("deploy refused: this device trusts no signing key (add "
+                                 "trusted_keys, or set allow_unsigned_deploy: true)")
         started = time.monotonic()
-        done = self.assembler.add(args)
+        try:
+            done = self.assembler.add(args, self.dispatcher.current_id)
+        finally:
+            self._answer_abandoned()
         if done is None:
             return NO_REPLY
         meta, archive = done
         pipeline = self._one_target({"pipeline": meta["pipeline"]} if meta["pipeline"] else {})
         try:
             with self._store.staged(archive, meta["id"]) as bundle:
-                result = self._installer.install(pipeline, bundle)
-                self._keep(bundle.root)
+                result = self._install(pipeline, bundle, keep=True)
         except BundleError as exc:
             raise CommandRefused(str(exc)) from None
         result["seconds"] = round(time.monotonic() - started, 3)
         return result
 
-    def _keep(self, root: Path | None) -> None:
-        if root is not None:
-            self._store.keep(root)
+    def expire_transfers(self) -> None:
+        """Answer the deploys that went quiet (run by the dispatcher when it is idle)."""
+        self._answer([*self.assembler.take_abandoned(), *self.assembler.expire()])
+
+    def _answer_abandoned(self) -> None:
+        self._answer(self.assembler.take_abandoned())
+
+    def _answer(self, abandoned: list[Abandoned]) -> None:
+        for gone in abandoned:
+            log.info("deploy dropped: %s", gone.error)
+            self.dispatcher.reply_later("deploy", gone.reply_id, {"ok": False,
+                                                                  "error": gone.error})
+
+    def _install(self, pipeline: Target, bundle: Bundle, *, keep: bool) -> dict[str, Any]:
+        """Install a bundle a command brought: a signed one only if it is not an older release
+        than this pipeline served and is meant for this device's groups."""
+        self._store.releases.admit(bundle, pipeline.name)
+        result = self._installer.install(pipeline, bundle)
+        if keep and bundle.root is not None:
+            self._store.keep(bundle.root)
+        self._store.releases.record(bundle, pipeline.name)
+        return result

@@ -36,6 +36,7 @@ mqtt:
 commands:
   rate_per_s: 500
   burst: 500
+  bundle_roots: [{bundles}]
 pipelines:
   - name: default
     bundle: {bundle}
@@ -93,7 +94,8 @@ def device(broker: Mosquitto, digits: Path, digits_bundle: Path,
     name = new_device("cmd")
     config = root / "config.yaml"
     config.write_text(CONFIG.format(device=name, state=root / "state", url=broker.url,
-                                    bundle=v1, source=digits / "images" / "val"))
+                                    bundle=v1, source=digits / "images" / "val",
+                                    bundles=bundles))
     with Subscriber(broker, f"edge/{name}/#") as sub, \
             DaemonProcess(["--config", str(config)], root) as daemon:
         assert sub.wait_for(3, 30, result_topic(name)), daemon.tail()

@@ -258,3 +258,31 @@ def test_only_keys_names_the_unknown_ones() -> None:
     only_keys({"pipeline": "a"}, {"pipeline"})
     with pytest.raises(CommandRefused, match=r"unknown field.*colour, size"):
         only_keys({"pipeline": "a", "size": 1, "colour": 2}, {"pipeline"})
+
+
+# ----- payload size before queueing, queue bounded by bytes ----------------------------------
+
+
+def test_an_oversized_payload_is_refused_without_being_kept() -> None:
+    replies = Replies()
+    dispatcher = CommandDispatcher(replies, max_payload_bytes=1024)
+    dispatcher.register("set", lambda args: {})
+    for _ in range(30):
+        dispatcher.submit("set", b"x" * (10 * 2**20))
+    assert dispatcher.queued_bytes == 0
+    dispatcher.start()
+    try:
+        assert replies.wait_for(30)
+    finally:
+        dispatcher.stop()
+    assert all(r["ok"] is False and "over the 1024-byte limit" in r["error"]
+               for _, r in replies.sent)
+
+
+def test_the_queue_is_bounded_by_bytes() -> None:
+    dispatcher = CommandDispatcher(Replies(), max_queue_bytes=2**20)
+    dispatcher.payload_limits["deploy"] = 4 * 2**20
+    for _ in range(10):
+        dispatcher.submit("deploy", b"{}" + b" " * (300 * 1024))
+    assert dispatcher.queued_bytes <= 2**20
+    assert dispatcher.counters["dropped"] == 10 - 3

@@ -113,9 +113,9 @@ def test_pack_signs_when_given_a_key(bundle: Path, dest: Path, tmp_path: Path) -
     archive = pack_bundle(bundle, sign_key=private)
     with tarfile.open(archive) as tar:
         assert "digits-rpi4/signature.json" in tar.getnames()
-    unpacked, signer = unpack_bundle(archive, dest, trusted_keys=[public])
+    unpacked, release = unpack_bundle(archive, dest, trusted_keys=[public])
     assert (unpacked / "signature.json").is_file()
-    assert signer is not None and len(signer) == 16
+    assert release is not None and len(release.key_id) == 16
 
 
 def test_untrusted_archive_leaves_nothing_behind(bundle: Path, dest: Path, tmp_path: Path) -> None:

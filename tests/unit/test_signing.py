@@ -82,7 +82,7 @@ def test_signature_document_lists_every_other_file(bundle: Path, keys: tuple[Pat
     (bundle / "extra").mkdir()
     (bundle / "extra" / "anchors.npy").write_bytes(b"\x00" * 8)
     document = json.loads(sign_bundle(bundle, keys[0]).read_text())
-    assert document["schema"] == "edge-signature/1"
+    assert document["schema"] == "edge-signature/2"
     assert document["algorithm"] == "ed25519"
     assert set(document["files"]) == {
         "model.tflite", "labels.txt", "manifest.json", "report.html", "report.json",
