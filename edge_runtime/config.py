@@ -22,21 +22,13 @@ from pydantic import (
     model_validator,
 )
 
+from .publish.topics import pipeline_name, topic_level
 from .system.paths import default_state_dir
 from .yamlconfig import ConfigError, describe_errors, parse_yaml
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _topic_safe(value: str, what: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError(f"{what} {value!r} must be 1-64 letters, digits, '-', '_' or '.' "
-                         "(it becomes an MQTT topic level)")
-    return value
 
 
 class MqttConfig(_Model):
@@ -48,7 +40,7 @@ class MqttConfig(_Model):
     cert_file: Path | None = Field(None, description="Client certificate for mqtts://.")
     key_file: Path | None = Field(None, description="Client key for mqtts://.")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
-    prefix: str = Field("edge", description="First topic level.")
+    prefix: str = Field("edge", description="First topic level (one level: no '/').")
     client_id: str | None = Field(None, description="Default: edge-runtime-<device id>.")
     keepalive: int = Field(30, ge=5, le=3600, description="Keep-alive in seconds.")
     max_inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged messages at most.")
@@ -56,9 +48,7 @@ class MqttConfig(_Model):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not value or any(c in value for c in "#+\0") or value.startswith("/"):
-            raise ValueError(f"prefix {value!r} is not a valid topic prefix")
-        return value.rstrip("/")
+        return topic_level("prefix", value)
 
 
 class PublishConfig(_Model):
@@ -115,7 +105,7 @@ class PipelineConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _topic_safe(value, "pipeline name")
+        return pipeline_name(value)
 
 
 class OutboxConfig(_Model):
@@ -156,7 +146,12 @@ class DaemonConfig(_Model):
     @field_validator("device_id")
     @classmethod
     def _device(cls, value: str) -> str:
-        return _topic_safe(value, "device_id")
+        return topic_level("device_id", value)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        return [topic_level("group", group) for group in value]
 
     @model_validator(mode="after")
     def _unique(self) -> DaemonConfig:
@@ -172,7 +167,7 @@ class DaemonConfig(_Model):
 
 
 def _default_device_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.")
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-._")
     return host or "edge-device"
 
 

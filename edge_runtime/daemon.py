@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.system.notify import Notifier
+from edge_runtime.system.statelock import StateLock
 
 from . import __version__
 from .bundles.store import BundleStore
@@ -27,8 +28,9 @@ from .pipeline import Pipeline
 from .publish.mqtt import MqttLink
 from .publish.outbox import Outbox
 from .publish.payloads import encode
-from .publish.settings import parse_mqtt_url
+from .publish.settings import MqttSettings, parse_mqtt_url
 from .publish.topics import Topics
+from .redact import redact
 
 log = logging.getLogger(__name__)
 TICK_S = 0.2
@@ -40,7 +42,17 @@ class Daemon:
         self.config = config
         self.state_dir = config.resolved_state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything reads or writes the state dir: a second daemon stops here.
+        self.state_lock = StateLock(self.state_dir).acquire()
+        try:
+            self._build(config)
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _build(self, config: DaemonConfig) -> None:
         self.topics = Topics(config.device_id, config.mqtt.prefix)
+        mqtt_settings = self._mqtt_settings()  # a bad URL or password file stops us before work
         self.registry = MetricsRegistry()
         self.notifier = Notifier()
         self._stop = threading.Event()
@@ -55,7 +67,7 @@ class Daemon:
         self.control = Control(self.pipelines, loader=self.loader, store=store,
                                reply=self._reply, on_model_changed=self.refresh_status,
                                metrics=self.publish_metrics, settings=config.commands)
-        self.link = MqttLink(self._mqtt_settings(), self.topics, self.outbox,
+        self.link = MqttLink(mqtt_settings, self.topics, self.outbox,
                              on_command=self.control.dispatcher.submit,
                              status_extra=self._status_extra)
         for pc in config.pipelines:
@@ -87,21 +99,13 @@ class Daemon:
     def _reply(self, verb: str, result: dict[str, Any]) -> None:
         self.link.publish(self.topics.reply(verb), encode(result), qos=1)
 
-    def _mqtt_settings(self) -> Any:
+    def _mqtt_settings(self) -> MqttSettings:
         m = self.config.mqtt
-        overrides: dict[str, Any] = {
-            "protocol": m.protocol, "keepalive": m.keepalive, "max_inflight": m.max_inflight,
-            "client_id": m.client_id or f"edge-runtime-{self.config.device_id}",
-        }
-        for key in ("username", "password", "ca_file", "cert_file", "key_file"):
-            if getattr(m, key) is not None:
-                overrides[key] = getattr(m, key)
-        if m.password_file is not None:
-            try:
-                overrides["password"] = m.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ModelError(f"cannot read mqtt.password_file: {exc.strerror}") from None
-        return parse_mqtt_url(m.url, **overrides)
+        return parse_mqtt_url(
+            m.url, protocol=m.protocol, keepalive=m.keepalive, max_inflight=m.max_inflight,
+            client_id=m.client_id or f"edge-runtime-{self.config.device_id}",
+            username=m.username, password=m.password, password_file=m.password_file,
+            ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file)
 
     # ----- lifecycle --------------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class Daemon:
         self.outbox.close()
         for p in self.pipelines.values():
             p.model.close()
+        self.state_lock.release()
 
     def _await_broker(self, deadline: float) -> None:
         """Results are still owed: a broker that is away may come back within the drain time."""
@@ -209,9 +214,11 @@ class Daemon:
         for p in self.pipelines.values():
             if p.model.backend.fell_back:
                 reasons.append(f"{p.name}: delegate unavailable, running on the CPU")
+        if self.outbox.problem:
+            reasons.append(self.outbox.problem)
         if self.outbox.dropped:
             reasons.append(f"outbox full: {self.outbox.dropped} oldest result(s) dropped")
-        return reasons
+        return [redact(reason) for reason in reasons]
 
     def refresh_status(self) -> None:
         """Re-publish the retained status now: it names the model each pipeline serves."""
@@ -230,7 +237,7 @@ class Daemon:
             "device": self.config.device_id, "version": __version__,
             "groups": list(self.config.groups),
             "pipelines": {name: {"model": p.model.bundle.model_info, "paused": p.paused,
-                                 "source": self.config_for(name).source}
+                                 "source": redact(self.config_for(name).source)}
                           for name, p in self.pipelines.items()},
         }
 

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import pytest
+
 from edge_runtime.control.dispatcher import (
     QUEUE_SIZE,
     CommandDispatcher,

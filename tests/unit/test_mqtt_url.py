@@ -14,7 +14,8 @@ from edge_runtime.publish.reasons import (
     lost_words,
     refusal_words,
 )
-from edge_runtime.publish.settings import PASSWORD_ENV, MqttSettings, parse_mqtt_url, redact
+from edge_runtime.publish.settings import PASSWORD_ENV, MqttSettings, parse_mqtt_url
+from edge_runtime.redact import redact
 
 
 @pytest.fixture(autouse=True)
