@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from .publish.settings import MqttSettings, parse_mqtt_url
 from .publish.topics import pipeline_name, topic_level
 from .system.paths import default_state_dir
 from .yamlconfig import ConfigError, describe_errors, parse_yaml
@@ -49,6 +50,15 @@ class MqttConfig(_Model):
     @classmethod
     def _prefix(cls, value: str) -> str:
         return topic_level("prefix", value)
+
+    def settings(self, device_id: str) -> MqttSettings:
+        """The connection settings; reads the password file. Raises a one-line
+        :class:`~edge_runtime.publish.settings.MqttSettingsError`, never showing the password."""
+        return parse_mqtt_url(
+            self.url, protocol=self.protocol, keepalive=self.keepalive,
+            max_inflight=self.max_inflight, client_id=self.client_id or f"edge-runtime-{device_id}",
+            username=self.username, password=self.password, password_file=self.password_file,
+            ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
 
 
 class PublishConfig(_Model):

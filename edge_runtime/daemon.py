@@ -28,7 +28,6 @@ from .pipeline import Pipeline
 from .publish.mqtt import MqttLink
 from .publish.outbox import Outbox
 from .publish.payloads import encode
-from .publish.settings import MqttSettings, parse_mqtt_url
 from .publish.topics import Topics
 from .redact import redact
 
@@ -52,7 +51,8 @@ class Daemon:
 
     def _build(self, config: DaemonConfig) -> None:
         self.topics = Topics(config.device_id, config.mqtt.prefix)
-        mqtt_settings = self._mqtt_settings()  # a bad URL or password file stops us before work
+        # A bad URL or an unreadable password file stops us before any work.
+        mqtt_settings = config.mqtt.settings(config.device_id)
         self.registry = MetricsRegistry()
         self.notifier = Notifier()
         self._stop = threading.Event()
@@ -98,14 +98,6 @@ class Daemon:
 
     def _reply(self, verb: str, result: dict[str, Any]) -> None:
         self.link.publish(self.topics.reply(verb), encode(result), qos=1)
-
-    def _mqtt_settings(self) -> MqttSettings:
-        m = self.config.mqtt
-        return parse_mqtt_url(
-            m.url, protocol=m.protocol, keepalive=m.keepalive, max_inflight=m.max_inflight,
-            client_id=m.client_id or f"edge-runtime-{self.config.device_id}",
-            username=m.username, password=m.password, password_file=m.password_file,
-            ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file)
 
     # ----- lifecycle --------------------------------------------------------------------------
 

@@ -159,6 +159,10 @@ def check_config_file(path: Path) -> list[str]:
 
     config = load_config(path)
     problems: list[str] = []
+    try:
+        config.mqtt.settings(config.device_id)
+    except ValueError as exc:
+        problems.append(f"{path}: mqtt: {exc}")
     for i, p in enumerate(config.pipelines):
         where = f"{path}: pipelines[{i}] ({p.name})"
         try:
