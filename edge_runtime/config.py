@@ -33,10 +33,12 @@ class _Model(BaseModel):
 
 
 class MqttConfig(_Model):
-    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://[user:pass@]host[:port] or mqtts://…")
+    url: str = Field("mqtt://127.0.0.1:1883",
+                     description="mqtt://[user@]host[:port] or mqtts://… (password: password_file)")
     username: str | None = Field(None, description="Overrides the URL's user.")
     password: str | None = Field(None, description="Overrides the URL's password (never logged).")
-    password_file: Path | None = Field(None, description="File holding the password.")
+    password_file: Path | None = Field(
+        None, description="File whose first line is the password (or set EDGE_MQTT_PASSWORD).")
     ca_file: Path | None = Field(None, description="CA certificate for mqtts://.")
     cert_file: Path | None = Field(None, description="Client certificate for mqtts://.")
     key_file: Path | None = Field(None, description="Client key for mqtts://.")

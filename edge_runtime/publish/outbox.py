@@ -111,7 +111,9 @@ class Outbox:
         ``build(seq)`` makes the payload; if it raises, nothing is stored and the number is not
         used. If the database refuses the write (disk full, I/O error, locked past the busy
         timeout), the sqlite3 error propagates and the number is spent, so the next message
-        stored shows the gap. Returns the ``seq`` given.
+        stored shows the gap. While the database cannot be opened, or the seq marks cannot be
+        written, :class:`OutboxUnavailable` (an ``sqlite3.OperationalError``) is raised and no
+        number is given. Returns the ``seq`` given.
         """
         if qos not in (0, 1, 2):
             raise ValueError(f"MQTT QoS must be 0, 1 or 2, got {qos}")
@@ -172,16 +174,14 @@ class Outbox:
         with self._lock:
             if not self._ready():
                 raise OutboxUnavailable(self.problem)
-            self._ack(wanted)
-
-    def _ack(self, wanted: list[int]) -> None:
-        with self._transaction():
-            for chunk in _chunks(wanted, _SQL_PARAMS_PER_QUERY):
-                marks = ",".join("?" * len(chunk))
-                sizes = self._conn.execute(
-                    f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING length(payload)", chunk
-                ).fetchall()
-                self._forget(sizes)
+            with self._transaction():
+                for chunk in _chunks(wanted, _SQL_PARAMS_PER_QUERY):
+                    marks = ",".join("?" * len(chunk))
+                    sizes = self._conn.execute(
+                        f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING length(payload)",
+                        chunk,
+                    ).fetchall()
+                    self._forget(sizes)
 
     def depth(self) -> int:
         with self._lock:
