@@ -13,6 +13,7 @@ import click
 from edge_runtime.errors import EdgeError
 from edge_runtime.postprocess import TASKS
 from edge_runtime.preprocess import as_tuple
+from edge_runtime.publish.options import mqtt_options
 
 from . import __version__
 from .errors import ConvertError
@@ -175,8 +176,7 @@ def keygen(directory: Path) -> None:
 
 @cli.command("deploy")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--mqtt", "mqtt_url", required=True, help="mqtt://[user:pass@]host[:port]")
-@click.option("--mqtt-ca", type=click.Path(path_type=Path), help="CA certificate for mqtts://.")
+@mqtt_options(required=True)
 @click.option("--device", "devices", multiple=True, help="Device id; repeat for several.")
 @click.option("--group", "groups", multiple=True,
               help="Devices that joined this group (the bundle is signed for it).")
@@ -187,17 +187,21 @@ def keygen(directory: Path) -> None:
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option("--chunk-size", type=click.IntRange(min=1024), default=256 * 1024,
               show_default=True, help="Largest bundle piece per MQTT message (bytes).")
-def deploy_cmd(bundle: Path, mqtt_url: str, mqtt_ca: Path | None, devices: tuple[str, ...],
+def deploy_cmd(bundle: Path, mqtt_url: str, devices: tuple[str, ...],
                groups: tuple[str, ...], sign_key: Path | None, sequence: int | None,
-               pipeline: str | None, prefix: str, timeout: float, chunk_size: int) -> None:
+               pipeline: str | None, prefix: str, timeout: float, chunk_size: int,
+               **mqtt_flags: Any) -> None:
     """Pack, sign and push BUNDLE to devices; wait for each verdict."""
+    from edge_runtime.publish.options import settings_from_flags
+
     from .deploy import deploy, results_table
 
     if not devices and not groups:
         raise ConvertError("give at least one --device or --group")
-    results = deploy(bundle, url=mqtt_url, devices=devices, groups=groups, sign_key=sign_key,
-                     sequence=sequence, prefix=prefix, pipeline=pipeline, timeout=timeout,
-                     chunk_size=chunk_size, ca_file=mqtt_ca)
+    settings = settings_from_flags(mqtt_url, mqtt_flags)
+    results = deploy(bundle, url=settings, devices=devices, groups=groups,
+                     sign_key=sign_key, sequence=sequence, prefix=prefix, pipeline=pipeline,
+                     timeout=timeout, chunk_size=chunk_size)
     click.echo(results_table(results))
     if not all(r.ok for r in results):
         sys.exit(1)

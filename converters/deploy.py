@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_runtime.bundles.manifest import load_bundle_dir
 from edge_runtime.bundles.packing import pack_bundle
-from edge_runtime.publish.settings import parse_mqtt_url
+from edge_runtime.publish.client import connect, make_client
+from edge_runtime.publish.settings import MqttSettings, parse_mqtt_url
+from edge_runtime.publish.topics import pipeline_name, topic_level
 
 from .errors import ConvertError
 
@@ -35,20 +36,6 @@ class DeviceResult:
     new_version: str | None = None
     seconds: float | None = None
     reply: dict[str, Any] = field(default_factory=dict)
-
-
-def _connect(url: str, ca_file: Path | None) -> mqtt.Client:
-    settings = parse_mqtt_url(url, **({"ca_file": ca_file} if ca_file else {}))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-deploy-{uuid.uuid4().hex[:8]}")
-    if settings.username:
-        client.username_pw_set(settings.username, settings.password)
-    if settings.tls:
-        client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None)
-    try:
-        client.connect(settings.host, settings.port, 30)
-    except OSError as exc:
-        raise ConvertError(f"cannot reach the broker at {settings.address}: {exc}") from None
-    return client
 
 
 def group_members(client: mqtt.Client, prefix: str, group: str, wait_s: float = 1.5) -> list[str]:
@@ -70,18 +57,21 @@ def group_members(client: mqtt.Client, prefix: str, group: str, wait_s: float = 
     return sorted(d for d, online in found.items() if online)
 
 
-def deploy(bundle: Path, *, url: str, devices: Sequence[str], groups: Sequence[str] = (),
-           sign_key: Path | None = None, prefix: str = "edge", pipeline: str | None = None,
-           timeout: float = 120.0, chunk_size: int = DEFAULT_CHUNK,
-           ca_file: Path | None = None, sequence: int | None = None) -> list[DeviceResult]:
-    """Push ``bundle`` to ``devices`` and the members of ``groups``. Signed here, it is signed as
-    release ``sequence`` and for ``groups`` (none: any device), so that a device outside them,
-    or one that already served a newer release, refuses it."""
+def deploy(bundle: Path, *, url: str | MqttSettings, devices: Sequence[str],
+           groups: Sequence[str] = (), sign_key: Path | None = None, prefix: str = "edge",
+           pipeline: str | None = None, timeout: float = 120.0,
+           chunk_size: int = DEFAULT_CHUNK, sequence: int | None = None) -> list[DeviceResult]:
+    """Push ``bundle`` to ``devices`` and the members of ``groups``. ``url``: the broker as a URL
+    or as settings (TLS, client certificate, password…). Signed here, it is signed as release
+    ``sequence`` and for ``groups`` (none: any device), so that a device outside them, or one
+    that already served a newer release, refuses it."""
+    settings = parse_mqtt_url(url) if isinstance(url, str) else url
+    check_targets(devices, groups, prefix, pipeline)
     archive_path = _archive(bundle, sign_key, sequence, groups)
     archive = archive_path.read_bytes()
     manifest = load_bundle_dir(bundle).manifest if bundle.is_dir() else None
-    client = _connect(url, ca_file)
-    client.loop_start()
+    client = make_client(settings, f"edge-deploy-{uuid.uuid4().hex[:8]}", clean=True)
+    connect(client, settings)
     try:
         targets = list(dict.fromkeys([*devices, *(d for g in groups
                                                   for d in group_members(client, prefix, g))]))
@@ -96,6 +86,18 @@ def deploy(bundle: Path, *, url: str, devices: Sequence[str], groups: Sequence[s
         # DISCONNECT first, while the network loop runs: it goes out, and the loop ends at once.
         client.disconnect()
         client.loop_stop()
+
+
+def check_targets(devices: Sequence[str], groups: Sequence[str], prefix: str,
+                  pipeline: str | None) -> None:
+    """Each name becomes one topic level: ``+`` or ``a/b`` would reach other devices' topics."""
+    for device in devices:
+        topic_level("--device", device)
+    for group in groups:
+        topic_level("--group", group)
+    topic_level("--prefix", prefix)
+    if pipeline is not None:
+        pipeline_name(pipeline)
 
 
 def _archive(bundle: Path, sign_key: Path | None, sequence: int | None,

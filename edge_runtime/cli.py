@@ -13,6 +13,8 @@ import click
 from . import __version__
 from .errors import EdgeError
 from .postprocess import TASKS
+from .publish.options import mqtt_options
+from .redact import RedactingFormatter
 
 log = logging.getLogger("edge_runtime")
 
@@ -22,8 +24,9 @@ class UsageError(EdgeError):
 
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="edge-runtime: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("edge-runtime: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,8 +42,7 @@ def cli(verbose: int) -> None:
 @click.option("--bundle", type=click.Path(path_type=Path),
               help="Bundle directory, packed .tar.gz, or a bare .tflite.")
 @click.option("--source", help="Image folder, video, rtsp://, camera 0, serial://, csv:, or -.")
-@click.option("--mqtt", "mqtt_url", help="mqtt://[user:pass@]host[:port] or mqtts://…")
-@click.option("--mqtt-ca", type=click.Path(path_type=Path), help="CA certificate for mqtts://.")
+@mqtt_options()
 @click.option("--device-id", help="Device id (default: host name).")
 @click.option("--pipeline", "pipeline_name", help="Pipeline name (default: default).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Outbox, seq, bundles.")
@@ -92,18 +94,24 @@ def bench(bundle: Path, frames: int, threads: int | None, as_json: bool) -> None
 
 
 @cli.command()
-@click.option("--mqtt", "mqtt_url", default="mqtt://127.0.0.1:1883", show_default=True)
+@mqtt_options(default_url="mqtt://127.0.0.1:1883")
 @click.option("--device-id", default="+", show_default=True, help="Device to watch (+: all).")
 @click.option("--prefix", default="edge", show_default=True)
 @click.option("--count", type=click.IntRange(min=1), help="Exit after this many results.")
 @click.option("--timeout", type=float, help="Exit after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON lines.")
 def watch(mqtt_url: str, device_id: str, prefix: str, count: int | None,
-          timeout: float | None, as_json: bool) -> None:
+          timeout: float | None, as_json: bool, **flags: Any) -> None:
     """Pretty-print a device's results, status and metrics as they arrive."""
+    from .publish.options import settings_from_flags
+    from .publish.topics import topic_level
     from .watch import watch as run_watch
 
-    sys.exit(run_watch(mqtt_url, device_id, prefix, count=count, timeout=timeout,
+    if device_id != "+":
+        topic_level("--device-id", device_id)
+    topic_level("--prefix", prefix)
+    settings = settings_from_flags(mqtt_url, flags)
+    sys.exit(run_watch(settings, device_id, prefix, count=count, timeout=timeout,
                        as_json=as_json))
 
 

@@ -25,6 +25,8 @@ from pydantic import (
 
 from .postprocess import DECODERS, TASKS
 from .publish.policy import MODES
+from .publish.settings import MqttSettings, parse_mqtt_url
+from .publish.topics import pipeline_name, topic_level
 from .system.paths import default_state_dir
 from .yamlconfig import ConfigError, describe_errors, one_of, parse_yaml
 
@@ -32,30 +34,23 @@ TaskName = Annotated[str, AfterValidator(one_of("task", TASKS))]
 DecoderName = Annotated[str, AfterValidator(one_of("decoder", DECODERS))]
 PublishMode = Annotated[str, AfterValidator(one_of("mode", MODES))]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _topic_safe(value: str, what: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError(f"{what} {value!r} must be 1-64 letters, digits, '-', '_' or '.' "
-                         "(it becomes an MQTT topic level)")
-    return value
-
-
 class MqttConfig(_Model):
-    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://[user:pass@]host[:port] or mqtts://…")
+    url: str = Field("mqtt://127.0.0.1:1883",
+                     description="mqtt://[user@]host[:port] or mqtts://… (password: password_file)")
     username: str | None = Field(None, description="Overrides the URL's user.")
     password: str | None = Field(None, description="Overrides the URL's password (never logged).")
-    password_file: Path | None = Field(None, description="File holding the password.")
+    password_file: Path | None = Field(
+        None, description="File whose first line is the password (or set EDGE_MQTT_PASSWORD).")
     ca_file: Path | None = Field(None, description="CA certificate for mqtts://.")
     cert_file: Path | None = Field(None, description="Client certificate for mqtts://.")
     key_file: Path | None = Field(None, description="Client key for mqtts://.")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
-    prefix: str = Field("edge", description="First topic level.")
+    prefix: str = Field("edge", description="First topic level (one level: no '/').")
     client_id: str | None = Field(None, description="Default: edge-runtime-<device id>.")
     keepalive: int = Field(30, ge=5, le=3600, description="Keep-alive in seconds.")
     max_inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged messages at most.")
@@ -63,9 +58,16 @@ class MqttConfig(_Model):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not value or any(c in value for c in "#+\0") or value.startswith("/"):
-            raise ValueError(f"prefix {value!r} is not a valid topic prefix")
-        return value.rstrip("/")
+        return topic_level("prefix", value)
+
+    def settings(self, device_id: str) -> MqttSettings:
+        """The connection settings; reads the password file. Raises a one-line
+        :class:`~edge_runtime.publish.settings.MqttSettingsError`, never showing the password."""
+        return parse_mqtt_url(
+            self.url, protocol=self.protocol, keepalive=self.keepalive,
+            max_inflight=self.max_inflight, client_id=self.client_id or f"edge-runtime-{device_id}",
+            username=self.username, password=self.password, password_file=self.password_file,
+            ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
 
 
 class PublishConfig(_Model):
@@ -123,7 +125,7 @@ class PipelineConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _topic_safe(value, "pipeline name")
+        return pipeline_name(value)
 
 
 class OutboxConfig(_Model):
@@ -171,7 +173,12 @@ class DaemonConfig(_Model):
     @field_validator("device_id")
     @classmethod
     def _device(cls, value: str) -> str:
-        return _topic_safe(value, "device_id")
+        return topic_level("device_id", value)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        return [topic_level("group", group) for group in value]
 
     @model_validator(mode="after")
     def _unique(self) -> DaemonConfig:
@@ -187,7 +194,7 @@ class DaemonConfig(_Model):
 
 
 def _default_device_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.")
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-._")
     return host or "edge-device"
 
 

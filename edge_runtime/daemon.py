@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from edge_runtime.system.notify import Notifier
+from edge_runtime.system.statelock import StateLock
 
 from . import __version__
 from .bundles.store import BundleStore
@@ -26,8 +27,8 @@ from .pipeline import Pipeline
 from .publish.mqtt import MqttLink
 from .publish.outbox import Outbox
 from .publish.payloads import encode
-from .publish.settings import parse_mqtt_url
 from .publish.topics import Topics
+from .redact import redact
 
 log = logging.getLogger(__name__)
 TICK_S = 0.2
@@ -39,7 +40,18 @@ class Daemon:
         self.config = config
         self.state_dir = config.resolved_state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything reads or writes the state dir: a second daemon stops here.
+        self.state_lock = StateLock(self.state_dir).acquire()
+        try:
+            self._build(config)
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _build(self, config: DaemonConfig) -> None:
         self.topics = Topics(config.device_id, config.mqtt.prefix)
+        # A bad URL or an unreadable password file stops us before any work.
+        mqtt_settings = config.mqtt.settings(config.device_id)
         self.registry = MetricsRegistry()
         self.notifier = Notifier()
         self._stop = threading.Event()
@@ -59,7 +71,7 @@ class Daemon:
                                reply=self._reply, on_model_changed=self.refresh_status,
                                metrics=self.publish_metrics, settings=config.commands,
                                allow_unsigned_deploy=config.allow_unsigned_deploy)
-        self.link = MqttLink(self._mqtt_settings(), self.topics, self.outbox,
+        self.link = MqttLink(mqtt_settings, self.topics, self.outbox,
                              on_command=self.control.dispatcher.submit,
                              status_extra=self._status_extra)
         for pc in config.pipelines:
@@ -99,22 +111,6 @@ class Daemon:
 
     def _reply(self, verb: str, result: dict[str, Any]) -> None:
         self.link.publish(self.topics.reply(verb), encode(result), qos=1)
-
-    def _mqtt_settings(self) -> Any:
-        m = self.config.mqtt
-        overrides: dict[str, Any] = {
-            "protocol": m.protocol, "keepalive": m.keepalive, "max_inflight": m.max_inflight,
-            "client_id": m.client_id or f"edge-runtime-{self.config.device_id}",
-        }
-        for key in ("username", "password", "ca_file", "cert_file", "key_file"):
-            if getattr(m, key) is not None:
-                overrides[key] = getattr(m, key)
-        if m.password_file is not None:
-            try:
-                overrides["password"] = m.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ModelError(f"cannot read mqtt.password_file: {exc.strerror}") from None
-        return parse_mqtt_url(m.url, **overrides)
 
     # ----- lifecycle --------------------------------------------------------------------------
 
@@ -179,6 +175,7 @@ class Daemon:
         self.outbox.close()
         for p in self.pipelines.values():
             p.model.close()
+        self.state_lock.release()
 
     def _await_broker(self, deadline: float) -> None:
         """Results are still owed: a broker that is away may come back within the drain time."""
@@ -222,9 +219,11 @@ class Daemon:
         for p in self.pipelines.values():
             if p.model.backend.fell_back:
                 reasons.append(f"{p.name}: delegate unavailable, running on the CPU")
+        if self.outbox.problem:
+            reasons.append(self.outbox.problem)
         if self.outbox.dropped:
             reasons.append(f"outbox full: {self.outbox.dropped} oldest result(s) dropped")
-        return reasons
+        return [redact(reason) for reason in reasons]
 
     def refresh_status(self) -> None:
         """Re-publish the retained status now: it names the model each pipeline serves."""
@@ -244,7 +243,7 @@ class Daemon:
             "groups": list(self.config.groups),
             **({"warnings": list(self.warnings)} if self.warnings else {}),
             "pipelines": {name: {"model": p.model.bundle.model_info, "paused": p.paused,
-                                 "source": self.config_for(name).source}
+                                 "source": redact(self.config_for(name).source)}
                           for name, p in self.pipelines.items()},
         }
 

@@ -26,6 +26,7 @@ from .metrics import PipelineMetrics
 from .model import LoadedModel
 from .publish.outbox import Outbox
 from .publish.payloads import FrameInfo, ModelInfo, ResultMessage, Timing
+from .redact import redact
 from .sources import SourceOptions, WindowSpec, open_source
 from .sources.capture import Capture
 from .stages import PreprocessStage
@@ -141,7 +142,7 @@ class Pipeline:
         if error:
             self._state("degraded", str(error))
         log.info("pipeline %s: source %s ended after %d results", self.name,
-                 self.config.source, self.results)
+                 redact(self.config.source), self.results)
 
     def _process(self, frame: Frame) -> bool:
         with self._swap_lock:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .config import DaemonConfig, load_config
+from .publish.options import FLAG_KEYS, warn_if_password_in_url
 from .yamlconfig import ConfigError, describe_errors
 
 PIPELINE_FLAGS = {"bundle": "bundle", "source": "source", "fps": "fps", "max_frames": "max_frames",
@@ -88,9 +89,11 @@ def _apply_device_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:
             data[key] = flags[key]
     mqtt = dict(data.get("mqtt") or {})
     if _given(flags, "mqtt_url"):
+        warn_if_password_in_url(flags["mqtt_url"])
         mqtt["url"] = flags["mqtt_url"]
-    if _given(flags, "mqtt_ca"):
-        mqtt["ca_file"] = flags["mqtt_ca"]
+    for flag, key in FLAG_KEYS.items():
+        if _given(flags, flag):
+            mqtt[key] = flags[flag]
     if mqtt:
         data["mqtt"] = mqtt
     if _given(flags, "trusted_keys"):
@@ -156,6 +159,10 @@ def check_config_file(path: Path) -> list[str]:
 
     config = load_config(path)
     problems: list[str] = []
+    try:
+        config.mqtt.settings(config.device_id)
+    except ValueError as exc:
+        problems.append(f"{path}: mqtt: {exc}")
     for i, p in enumerate(config.pipelines):
         where = f"{path}: pipelines[{i}] ({p.name})"
         try:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from .publish.settings import parse_mqtt_url
+from .publish.client import connect, make_client
+from .publish.settings import MqttSettings
 
 
 def describe_result(msg: dict[str, Any]) -> str:
@@ -46,18 +46,15 @@ def describe_metrics(device: str, msg: dict[str, Any]) -> str:
     return f"{device} metrics: {'; '.join(parts)}; outbox {outbox}"
 
 
-def watch(url: str, device: str, prefix: str, *, count: int | None = None,
+def watch(settings: MqttSettings, device: str, prefix: str, *, count: int | None = None,
           timeout: float | None = None, as_json: bool = False) -> int:
-    settings = parse_mqtt_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    if settings.username:
-        client.username_pw_set(settings.username, settings.password)
-    if settings.tls:
-        client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None)
+    """Print what ``device`` (``+``: every device) publishes until ``count`` results or
+    ``timeout`` seconds; 0 when the count was reached (or none was asked), else 1."""
+    client = make_client(settings, f"edge-watch-{uuid.uuid4().hex[:8]}", clean=True)
     seen = 0
     done = threading.Event()
 
-    def on_connect(c: mqtt.Client, *_: Any) -> None:
+    def subscribe(c: mqtt.Client) -> None:
         c.subscribe(f"{prefix}/{device}/#", qos=1)
 
     def on_message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
@@ -83,14 +80,8 @@ def watch(url: str, device: str, prefix: str, *, count: int | None = None,
             if count is not None and seen >= count:
                 done.set()
 
-    client.on_connect = on_connect
     client.on_message = on_message
-    try:
-        client.connect(settings.host, settings.port, 30)
-    except OSError as exc:
-        print(f"error: cannot reach the broker at {settings.address}: {exc}", file=sys.stderr)
-        return 2
-    client.loop_start()
+    connect(client, settings, on_connect=subscribe)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not done.is_set():
@@ -100,6 +91,7 @@ def watch(url: str, device: str, prefix: str, *, count: int | None = None,
     except KeyboardInterrupt:
         pass
     finally:
-        client.loop_stop()
+        # DISCONNECT first, while the network loop runs: it goes out, and the loop ends at once.
         client.disconnect()
+        client.loop_stop()
     return 0 if count is None or seen >= count else 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import ssl
 import sys
 import threading
 import time
@@ -19,12 +18,12 @@ from collections.abc import Callable
 from typing import Any, ParamSpec
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_runtime import __version__
+from edge_runtime.publish.client import Will, connect_options, make_client
 from edge_runtime.publish.outbox import Outbox, OutboxItem
 from edge_runtime.publish.payloads import StatusMessage
 from edge_runtime.publish.reasons import (
@@ -41,7 +40,6 @@ __all__ = ["MqttLink", "MqttSettings", "parse_mqtt_url"]
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
 DIRECT_INFLIGHT_SPARE = 20
 STOP_PUBLISH_TIMEOUT_S = 2.0
 _DRAIN_POLL_S = 0.02
@@ -125,13 +123,8 @@ class MqttLink:
         )
         self._sender_thread.start()
         s = self.settings
-        if s.protocol == "5":
-            self._client.connect_async(
-                s.host, s.port, s.keepalive, clean_start=s.clean_session,
-                properties=_session_properties(s.clean_session),
-            )
-        else:
-            self._client.connect_async(s.host, s.port, s.keepalive)
+        self._client.connect_async(s.host, s.port, s.keepalive,
+                                   **connect_options(s, s.clean_session))
         self._client.loop_start()
 
     def set_status(self, state: str, **extra: Any) -> None:
@@ -192,21 +185,11 @@ class MqttLink:
 
     def _build_client(self) -> paho.Client:
         s = self.settings
-        v5 = s.protocol == "5"
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=s.client_id or f"edge-{self.topics.device}",
-            clean_session=None if v5 else s.clean_session,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-        )
+        will = StatusMessage("offline", reason="connection lost", device=self.topics.device)
+        client = make_client(s, s.client_id or f"edge-{self.topics.device}",
+                             will=Will(self.topics.status, will.to_json()))
         client.max_inflight_messages_set(s.max_inflight + DIRECT_INFLIGHT_SPARE)
         client.max_queued_messages_set(0)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            _configure_tls(client, s)
-        will = StatusMessage("offline", reason="connection lost", device=self.topics.device)
-        client.will_set(self.topics.status, will.to_json(), qos=1, retain=True)
         # Callbacks guard themselves; this is the last line of defence for paho's thread.
         client.suppress_exceptions = True
         client.on_connect = self._on_connect
@@ -368,24 +351,3 @@ def _wait_quietly(info: paho.MQTTMessageInfo, timeout: float) -> None:
         info.wait_for_publish(timeout)
     except (RuntimeError, ValueError):
         pass  # not sent: the last will says offline instead
-
-
-def _session_properties(clean: bool) -> Properties:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 0 if clean else SESSION_EXPIRY_S
-    return props
-
-
-def _configure_tls(client: paho.Client, s: MqttSettings) -> None:
-    for what, path in (("CA", s.ca_file), ("certificate", s.cert_file), ("key", s.key_file)):
-        if path is not None and not path.is_file():
-            raise ValueError(f"MQTT TLS {what} file {path} does not exist")
-    try:
-        client.tls_set(
-            ca_certs=str(s.ca_file) if s.ca_file else None,
-            certfile=str(s.cert_file) if s.cert_file else None,
-            keyfile=str(s.key_file) if s.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-    except (ssl.SSLError, OSError) as exc:
-        raise ValueError(f"MQTT TLS files cannot be used: {exc}") from None

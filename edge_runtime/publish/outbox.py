@@ -15,13 +15,18 @@ closes that window at the price of one flash write per result.
 Bounds: at most ``max_messages`` rows and ``max_bytes`` payload bytes; beyond that the oldest
 rows are dropped and counted in ``dropped``.
 
+A database that cannot be opened is never thrown away for that alone. Only a corrupt one (SQLite
+says "not a database" or "malformed") is moved aside, and numbering then continues past the
+highest ``seq`` ever given (:mod:`edge_runtime.publish.seqmarks`). A read-only, locked or full
+one is kept as it is: ``problem`` says why, appends raise :class:`OutboxUnavailable` and every
+use tries to open it again (at most once a second) until it works.
+
 One connection serves all threads behind a lock: ``append`` runs on the pipeline thread,
 ``peek`` and ``ack`` on the MQTT sender, and every call is a short transaction.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -31,30 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from edge_runtime.publish.outboxdb import Transaction, open_db
+from edge_runtime.publish.seqmarks import SeqMarks
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-CACHE_KIB = 512
-WAL_SIZE_LIMIT = 16 * 2**20
+BUSY_TIMEOUT_S = 5.0
+REOPEN_INTERVAL_S = 1.0
 _SQL_PARAMS_PER_QUERY = 500
 _DROP_LOG_EVERY = 10_000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS streams (
-    stream TEXT PRIMARY KEY,
-    last_seq INTEGER NOT NULL
-);
-"""
+
+class OutboxUnavailable(sqlite3.OperationalError):
+    """The outbox database cannot be used now (``Outbox.problem`` says why); nothing was stored
+    and no ``seq`` was given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +73,7 @@ class Outbox:
         max_messages: int = 100_000,
         max_bytes: int = 256 * 2**20,
         synchronous: str = "NORMAL",
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> None:
         if max_messages < 1:
             raise ValueError(f"outbox max_messages must be at least 1, got {max_messages}")
@@ -90,11 +87,16 @@ class Outbox:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.dropped = 0
+        self.problem: str | None = None
+        self._synchronous = mode
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
-        self._db = _open(self.path, mode)
-        self._depth, self._bytes = self._count()
-        rows = self._db.execute("SELECT stream, last_seq FROM streams").fetchall()
-        self._last_seq: dict[str, int] = {str(stream): int(seq) for stream, seq in rows}
+        self._marks = SeqMarks(self.path.with_name(f"{self.path.name}.seq"))
+        self._db: sqlite3.Connection | None = None
+        self._next_open = 0.0
+        self._depth, self._bytes = 0, 0
+        self._last_seq: dict[str, int] = {}
+        self._ready()
 
     def append(
         self,
@@ -109,23 +111,28 @@ class Outbox:
         ``build(seq)`` makes the payload; if it raises, nothing is stored and the number is not
         used. If the database refuses the write (disk full, I/O error, locked past the busy
         timeout), the sqlite3 error propagates and the number is spent, so the next message
-        stored shows the gap. Returns the ``seq`` given.
+        stored shows the gap. While the database cannot be opened, or the seq marks cannot be
+        written, :class:`OutboxUnavailable` (an ``sqlite3.OperationalError``) is raised and no
+        number is given. Returns the ``seq`` given.
         """
         if qos not in (0, 1, 2):
             raise ValueError(f"MQTT QoS must be 0, 1 or 2, got {qos}")
         with self._lock:
+            if not self._ready():
+                raise OutboxUnavailable(self.problem)
             seq = self._last_seq.get(stream, 0) + 1
             payload = build(seq)
+            self._reserve(stream, seq)
             counts = (self._depth, self._bytes)
             try:
                 with self._transaction():
                     made_room = self._make_room(len(payload))
-                    self._db.execute(
+                    self._conn.execute(
                         "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
                         "ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq",
                         (stream, seq),
                     )
-                    self._db.execute(
+                    self._conn.execute(
                         "INSERT INTO outbox (stream, seq, topic, payload, qos, retain) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (stream, seq, topic, payload, qos, int(retain)),
@@ -143,9 +150,12 @@ class Outbox:
         return seq
 
     def peek(self, limit: int, after_id: int = 0) -> list[OutboxItem]:
-        """Up to ``limit`` messages with an id above ``after_id``, oldest first."""
+        """Up to ``limit`` messages with an id above ``after_id``, oldest first (none while the
+        database cannot be opened)."""
         with self._lock:
-            rows = self._db.execute(
+            if not self._ready():
+                return []
+            rows = self._conn.execute(
                 "SELECT id, stream, seq, topic, payload, qos, retain FROM outbox "
                 "WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
@@ -161,13 +171,17 @@ class Outbox:
         wanted = list(ids)
         if not wanted:
             return
-        with self._lock, self._transaction():
-            for chunk in _chunks(wanted, _SQL_PARAMS_PER_QUERY):
-                marks = ",".join("?" * len(chunk))
-                sizes = self._db.execute(
-                    f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING length(payload)", chunk
-                ).fetchall()
-                self._forget(sizes)
+        with self._lock:
+            if not self._ready():
+                raise OutboxUnavailable(self.problem)
+            with self._transaction():
+                for chunk in _chunks(wanted, _SQL_PARAMS_PER_QUERY):
+                    marks = ",".join("?" * len(chunk))
+                    sizes = self._conn.execute(
+                        f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING length(payload)",
+                        chunk,
+                    ).fetchall()
+                    self._forget(sizes)
 
     def depth(self) -> int:
         with self._lock:
@@ -185,7 +199,10 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            self._next_open = float("inf")
 
     def __enter__(self) -> Outbox:
         return self
@@ -201,13 +218,62 @@ class Outbox:
     def __repr__(self) -> str:
         return f"Outbox({str(self.path)!r}, depth={self._depth})"
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _ready(self) -> bool:
+        """Open the database if it is not yet; False (``problem`` set) if it cannot be now."""
+        if self._db is not None:
+            return True
+        now = time.monotonic()
+        if now < self._next_open:
+            return False
+        self._next_open = now + REOPEN_INTERVAL_S
+        try:
+            opened = open_db(self.path, self._synchronous, self._busy_timeout_s)
+        except (sqlite3.Error, OSError) as exc:
+            self._note_unavailable(exc)
+            return False
+        self._db = opened.db
+        self._depth, self._bytes = opened.depth, opened.size_bytes
+        self._last_seq = opened.last_seq
+        self._continue_lost_numbering()
+        if self.problem is not None:
+            log.warning("outbox %s can be used again", self.path)
+            self.problem = None
+        return True
 
-    def _count(self) -> tuple[int, int]:
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM outbox")
-        depth, size = row.fetchone()
-        return int(depth), int(size)
+    def _note_unavailable(self, exc: BaseException) -> None:
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or \
+            type(exc).__name__
+        problem = f"outbox {self.path} cannot be opened: {reason}; kept as it is, retrying"
+        if problem != self.problem:
+            log.error("%s", problem)
+        self.problem = problem
+
+    def _continue_lost_numbering(self) -> None:
+        """Streams the marks know and the database does not lost their numbering with an
+        earlier database: continue past the highest number it may have given."""
+        for stream, mark in self._marks.streams().items():
+            if stream not in self._last_seq:
+                self._last_seq[stream] = mark
+                log.error("outbox %s has no record of stream %r, which had numbers up to %d: "
+                          "its earlier results are lost; numbering continues at %d",
+                          self.path, stream, mark, mark + 1)
+
+    def _reserve(self, stream: str, seq: int) -> None:
+        if self._marks.covers(stream, seq):
+            return
+        try:
+            self._marks.reserve(stream, seq)
+        except OSError as exc:
+            raise OutboxUnavailable(f"cannot record seq marks in {self._marks.path}: "
+                                    f"{exc.strerror or exc}") from None
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        assert self._db is not None, "used before _ready()"
+        return self._db
+
+    def _transaction(self) -> Transaction:
+        return Transaction(self._conn)
 
     def _forget(self, sizes: Sequence[tuple[int]]) -> None:
         self._depth -= len(sizes)
@@ -223,7 +289,7 @@ class Outbox:
         last_id = self._last_id_to_drop(excess_rows, excess_bytes)
         if last_id is None:
             return 0
-        sizes = self._db.execute(
+        sizes = self._conn.execute(
             "DELETE FROM outbox WHERE id <= ? RETURNING length(payload)", (last_id,)
         ).fetchall()
         self._forget(sizes)
@@ -233,7 +299,7 @@ class Outbox:
         last_id: int | None = None
         freed_rows, freed_bytes = 0, 0
         while freed_rows < excess_rows or freed_bytes < excess_bytes:
-            batch = self._db.execute(
+            batch = self._conn.execute(
                 "SELECT id, length(payload) FROM outbox WHERE id > ? ORDER BY id LIMIT 256",
                 (last_id or 0,),
             ).fetchall()
@@ -256,82 +322,6 @@ class Outbox:
             )
 
 
-class _Transaction:
-    """BEGIN … COMMIT, or ROLLBACK when the body or the COMMIT raises.
-
-    SQLite may have rolled back by itself already (a full disk does), and a COMMIT refused as
-    busy leaves the transaction open: either way the connection ends outside any transaction,
-    and the error that caused it is the one raised."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            try:
-                self._db.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                self._rollback()
-                raise
-        self._rollback()
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-
-
 def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
-
-
-def _open(path: Path, synchronous: str) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return _connect(path, synchronous)
-    except sqlite3.DatabaseError as exc:
-        moved = _set_aside(path)
-        log.error("outbox %s is unreadable (%s): moved to %s, starting empty", path, exc, moved)
-        return _connect(path, synchronous)
-
-
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    # Autocommit mode: transactions are explicit, so each append/ack is exactly one commit.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            log.warning("outbox %s: this filesystem cannot do WAL (journal mode %s); a reader "
-                        "can now block writes", path, mode)
-        db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        # A queue reads little back: a small page cache keeps the daemon's memory flat on small
-        # boards when a backlog builds up (SQLite's default is 2 MiB per connection).
-        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-    except sqlite3.DatabaseError:
-        db.close()
-        raise
-    return db
-
-
-def _set_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        part = Path(f"{path}{suffix}")
-        if part.exists():
-            part.replace(Path(f"{target}{suffix}"))
-    return target

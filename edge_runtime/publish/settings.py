@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from edge_runtime.errors import EdgeError
+from edge_runtime.redact import redact
 
 Protocol = Literal["3.1.1", "5"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _QUERY_KEYS = ("client_id", "protocol", "keepalive", "qos")
+
+
+class MqttSettingsError(EdgeError, ValueError):
+    """A broker URL or setting that cannot be used; one line, never the password."""
 
 
 @dataclass(repr=False)
@@ -84,7 +90,7 @@ def _validate(s: MqttSettings) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise MqttSettingsError(message)
 
 
 def parse_mqtt_url(url: str, **overrides: Any) -> MqttSettings:
@@ -100,7 +106,7 @@ def parse_mqtt_url(url: str, **overrides: Any) -> MqttSettings:
     known = {f.name for f in fields(MqttSettings)}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise ValueError(f"unknown MQTT setting(s): {', '.join(unknown)}")
+        raise MqttSettingsError(f"unknown MQTT setting(s): {', '.join(unknown)}")
     settings = _from_url(url)
     password = given.pop("password", None)
     if password is None and password_file is not None:
@@ -113,7 +119,7 @@ def parse_mqtt_url(url: str, **overrides: Any) -> MqttSettings:
     try:
         return replace(settings, **given, password=password)
     except TypeError as exc:
-        raise ValueError(f"bad MQTT setting: {exc}") from None
+        raise MqttSettingsError(f"bad MQTT setting: {exc}") from None
 
 
 def read_password_file(path: Path) -> str:
@@ -122,16 +128,11 @@ def read_password_file(path: Path) -> str:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(f"cannot read MQTT password file {path}: {reason}") from None
+        raise MqttSettingsError(f"cannot read MQTT password file {path}: {reason}") from None
     lines = text.splitlines()
     if not lines or not lines[0]:
-        raise ValueError(f"MQTT password file {path} is empty")
+        raise MqttSettingsError(f"MQTT password file {path} is empty")
     return lines[0]
-
-
-def redact(url: str) -> str:
-    """``url`` with the password part of its user info replaced by ``***``."""
-    return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
 
 
 def _from_url(url: str) -> MqttSettings:
@@ -139,15 +140,15 @@ def _from_url(url: str) -> MqttSettings:
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {shown!r}")
+        raise MqttSettingsError(f"MQTT URL must start with mqtt:// or mqtts://, got {shown!r}")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"MQTT URL has a bad port: {shown!r}") from None
+        raise MqttSettingsError(f"MQTT URL has a bad port: {shown!r}") from None
     if not parts.hostname:
-        raise ValueError(f"MQTT URL has no host: {shown!r}")
+        raise MqttSettingsError(f"MQTT URL has no host: {shown!r}")
     if parts.path not in ("", "/") or parts.fragment:
-        raise ValueError(f"MQTT URL must not have a path or fragment: {shown!r}")
+        raise MqttSettingsError(f"MQTT URL must not have a path or fragment: {shown!r}")
     if port is None:
         port = DEFAULT_PORTS[scheme]
     options = _query_options(parts.query, shown)
@@ -168,10 +169,10 @@ def _query_options(query: str, shown: str) -> dict[str, Any]:
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if key not in _QUERY_KEYS:
             allowed = ", ".join(_QUERY_KEYS)
-            raise ValueError(f"MQTT URL option {key!r} is not one of {allowed}: {shown!r}")
+            raise MqttSettingsError(f"MQTT URL option {key!r} is not one of {allowed}: {shown!r}")
         if key in ("keepalive", "qos"):
             if not value.isdigit():
-                raise ValueError(f"MQTT URL option {key} must be a whole number: {shown!r}")
+                raise MqttSettingsError(f"MQTT URL option {key} must be a whole number: {shown!r}")
             options[key] = int(value)
         else:
             options[key] = value

@@ -1,19 +1,46 @@
-"""The MQTT topic tree of one device: ``PREFIX/DEVICE/...``."""
+"""The MQTT topic tree of one device: ``PREFIX/DEVICE/...``, and the one rule for its names.
+
+The prefix, device ids, pipeline names and group names each become exactly one topic level, so
+every place that takes one (config, flags, ``deploy --device``) checks it with
+:func:`topic_level`. Pipeline names also go through :func:`pipeline_name`, which keeps them off
+the device's own topics (``edge/D/cmd/result`` would land in the command subscription).
+"""
 
 from __future__ import annotations
 
-_FORBIDDEN = frozenset("/+#\x00")
+import re
+
+from edge_runtime.errors import EdgeError
+
 REPLY_SUFFIX = "reply"
+RESERVED_PIPELINE_NAMES = ("cmd", "status", "metrics", "health", "shadow")
+_LEVEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def check_level(kind: str, value: str) -> str:
-    """Return ``value`` if it can be one topic level, else raise a one-line ValueError."""
-    if not value:
-        raise ValueError(f"{kind} must not be empty")
-    bad = sorted(_FORBIDDEN.intersection(value))
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        raise ValueError(f"{kind} {value!r} must not contain {shown}")
+class TopicNameError(EdgeError, ValueError):
+    """A name that cannot be one topic level; one line naming it."""
+
+
+def topic_level(kind: str, value: str) -> str:
+    """Return ``value`` if it is a usable topic level, else raise :class:`TopicNameError`.
+
+    1-64 letters, digits, ``-``, ``_`` or ``.``, starting with a letter or digit: no ``/`` (it
+    would add levels), no ``+`` or ``#`` (wildcards), no ``$`` (broker topics), no spaces.
+    """
+    if not isinstance(value, str) or not _LEVEL.fullmatch(value):
+        raise TopicNameError(
+            f"{kind} {value!r} must be 1-64 letters, digits, '-', '_' or '.', starting with a "
+            "letter or digit (it is one MQTT topic level)")
+    return value
+
+
+def pipeline_name(value: str) -> str:
+    """A pipeline name: a topic level that is not one of the device's own topics."""
+    topic_level("pipeline name", value)
+    if value in RESERVED_PIPELINE_NAMES:
+        raise TopicNameError(
+            f"pipeline name {value!r} is reserved for the device's own topics "
+            f"({', '.join(RESERVED_PIPELINE_NAMES)}); choose another")
     return value
 
 
@@ -26,8 +53,8 @@ class Topics:
     """
 
     def __init__(self, device: str, prefix: str = "edge") -> None:
-        self.device = check_level("device id", device)
-        self.prefix = check_level("topic prefix", prefix)
+        self.device = topic_level("device id", device)
+        self.prefix = topic_level("topic prefix", prefix)
         self._base = f"{prefix}/{device}"
         self.status = f"{self._base}/status"
         self.metrics = f"{self._base}/metrics"
@@ -35,10 +62,14 @@ class Topics:
         self._cmd_base = f"{self._base}/cmd/"
 
     def result(self, pipeline: str) -> str:
-        return f"{self._base}/{check_level('pipeline name', pipeline)}/result"
+        return f"{self._base}/{pipeline_name(pipeline)}/result"
 
     def cmd(self, verb: str) -> str:
-        return self._cmd_base + check_level("command verb", verb)
+        # A verb comes off the wire (the reply goes back on its topic), so only what would break
+        # the topic is refused here, not everything a chosen name may not contain.
+        if not verb or any(c in verb for c in "/+#\0"):
+            raise TopicNameError(f"command verb {verb!r} is not one topic level")
+        return self._cmd_base + verb
 
     def reply(self, verb: str) -> str:
         return f"{self.cmd(verb)}/{REPLY_SUFFIX}"

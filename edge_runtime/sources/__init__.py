@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from edge_runtime.redact import redact
 from edge_runtime.sources.base import Source, SourceError, SourceOptions, WindowSpec, local_path
 
 __all__ = [
@@ -71,7 +72,7 @@ def open_source(spec: str, options: SourceOptions | None = None) -> Source:
         source = source_class(kind).from_spec(spec, options)
         if source is not None:
             return source
-    raise SourceError(_unclaimed(spec, options))
+    raise SourceError(redact(_unclaimed(spec, options)))
 
 
 def _unclaimed(spec: str, options: SourceOptions) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
 from edge_runtime.frames import Frame
+from edge_runtime.redact import redact
 from edge_runtime.sources.base import Pacer, Source, SourceError, SourceOptions, local_path
 
 VIDEO_SUFFIXES = frozenset({
@@ -80,18 +80,6 @@ class VideoFileSource(Source):
         return f"video {self.path}"
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password masked, safe for logs and status messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 class StreamSource(Source):
     """A live network stream through FFmpeg, with a minimal buffer and bounded timeouts."""
 
@@ -136,4 +124,4 @@ class StreamSource(Source):
         self._capture = None
 
     def describe(self) -> str:
-        return f"stream {redact_url(self.url)}"
+        return f"stream {redact(self.url)}"

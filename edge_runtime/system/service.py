@@ -99,6 +99,8 @@ Group={user}
 SupplementaryGroups={groups}
 WorkingDirectory={state_dir}
 Environment=PYTHONUNBUFFERED=1
+# EDGE_MQTT_PASSWORD=… here keeps the broker password out of the config and the process list.
+EnvironmentFile=-/etc/edge-runtime/environment
 # The main loop pings the watchdog; a hung capture or inference stage stops the pings and
 # systemd restarts the daemon. Results already in the outbox survive the restart.
 WatchdogSec={watchdog_sec}

@@ -2,7 +2,8 @@
 
 ``Mosquitto`` writes a config into a work directory and runs ``/usr/sbin/mosquitto`` on a free
 loopback port, with persistence on (a ``stop()``/``start()`` keeps persistent sessions and
-retained messages), optionally a password file and a TLS listener with a freshly made CA.
+retained messages), optionally a password file and a TLS listener with a freshly made CA, which
+may also require a client certificate signed by that CA (``require_client_cert=True``).
 
 It is also the pytest plugin (``tests/conftest.py`` loads it) that gives the ``mosquitto`` and
 ``make_mosquitto`` fixtures; tests import the helpers as ``from support.mosquitto import …``.
@@ -58,6 +59,8 @@ class TlsFiles:
     ca_file: Path
     cert_file: Path
     key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
 
 
 class Mosquitto:
@@ -69,7 +72,11 @@ class Mosquitto:
         users: dict[str, str] | None = None,
         tls: bool = False,
         port: int | None = None,
+        require_client_cert: bool = False,
     ) -> None:
+        if require_client_cert and not tls:
+            raise ValueError("require_client_cert needs tls=True")
+        self.require_client_cert = require_client_cert
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = HOST
@@ -176,6 +183,8 @@ class Mosquitto:
                 f"certfile {self.tls_files.cert_file}",
                 f"keyfile {self.tls_files.key_file}",
             ]
+            if self.require_client_cert:
+                lines += ["require_certificate true"]
         path = self.workdir / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -193,26 +202,30 @@ class Mosquitto:
 
 
 def make_tls_files(directory: Path, names: Iterable[str] = ("127.0.0.1", "localhost")) -> TlsFiles:
-    """A throw-away CA and a server certificate it signed for ``names``."""
+    """A throw-away CA, a server certificate it signed for ``names`` and a client certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-runtime test CA")])
     ca_cert = _certificate(ca_name, ca_key.public_key(), ca_name, ca_key, ca=True, names=())
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    server_cert = _certificate(
-        server_name, server_key.public_key(), ca_name, ca_key, ca=False, names=tuple(names)
-    )
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key",
+                     directory / "client.pem", directory / "client.key")
     files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    files.key_file.write_bytes(
-        server_key.private_bytes(
+    for cert_file, key_file, common_name, usage, leaf_names in (
+        (files.cert_file, files.key_file, "localhost", ExtendedKeyUsageOID.SERVER_AUTH,
+         tuple(names)),
+        (files.client_cert_file, files.client_key_file, "edge-test-client",
+         ExtendedKeyUsageOID.CLIENT_AUTH, ()),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        cert = _certificate(subject, key.public_key(), ca_name, ca_key, ca=False,
+                            names=leaf_names, usage=usage)
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption(),
-        )
-    )
+        ))
     return files
 
 
@@ -223,6 +236,7 @@ def _certificate(
     issuer_key: ec.EllipticCurvePrivateKey,
     ca: bool,
     names: tuple[str, ...],
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc)
     builder = (
@@ -250,9 +264,11 @@ def _certificate(
             critical=True,
         )
     else:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        if names:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
+            )
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -308,7 +324,9 @@ class Subscriber:
             self.client.username_pw_set(username, password)
         tls_files = getattr(broker, "tls_files", None)
         if tls_files is not None:
-            self.client.tls_set(ca_certs=str(tls_files.ca_file))
+            self.client.tls_set(ca_certs=str(tls_files.ca_file),
+                                certfile=str(tls_files.client_cert_file),
+                                keyfile=str(tls_files.client_key_file))
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -406,7 +424,9 @@ def publish_once(
     if username is not None:
         client.username_pw_set(username, password)
     if broker.tls_files is not None:
-        client.tls_set(ca_certs=str(broker.tls_files.ca_file))
+        client.tls_set(ca_certs=str(broker.tls_files.ca_file),
+                       certfile=str(broker.tls_files.client_cert_file),
+                       keyfile=str(broker.tls_files.client_key_file))
     client.connect(broker.host, broker.port, keepalive=10)
     client.loop_start()
     try:

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.config import MqttConfig
+from edge_runtime.errors import EdgeError
 from edge_runtime.publish.reasons import (
     connect_failure_words,
     lost_words,
     refusal_words,
 )
-from edge_runtime.publish.settings import PASSWORD_ENV, MqttSettings, parse_mqtt_url, redact
+from edge_runtime.publish.settings import PASSWORD_ENV, MqttSettings, parse_mqtt_url
+from edge_runtime.redact import redact
 from edge_runtime.retry import backoff_delay
+from edge_runtime.runconfig import check_config_file
+from edge_runtime.yamlconfig import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -209,3 +214,27 @@ def test_backoff_jitter_stays_within_bounds() -> None:
     assert all(0.5 <= d <= 30.0 for d in low + high)
     assert low[3] < 4.0 < high[3]
     assert backoff_delay(10_000, 0.5, 30.0) <= 30.0
+
+
+def test_url_errors_are_edge_errors_the_clis_print_in_one_line() -> None:
+    with pytest.raises(EdgeError, match="bad port"):
+        parse_mqtt_url("mqtt://edge:hunter2@host:notaport")
+
+
+def test_check_config_reports_a_bad_broker_url_without_its_password(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("mqtt:\n  url: mqtt://edge:hunter2@broker:notaport\n"
+                      "pipelines:\n  - bundle: b\n    source: s\n")
+    with pytest.raises(ConfigError, match="mqtt: MQTT URL has a bad port") as info:
+        check_config_file(config)
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_password_file_is_read_for_the_daemon(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    mqtt = MqttConfig(url="mqtt://edge@broker", password_file=secret)
+    assert mqtt.settings("pi-1").password == "s3cret"
+    secret.unlink()
+    with pytest.raises(EdgeError, match="cannot read MQTT password file"):
+        mqtt.settings("pi-1")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.frames import Frame
+from edge_runtime.redact import redact
 from edge_runtime.sources import (
     SOURCE_KINDS,
     Source,
@@ -27,7 +28,6 @@ from edge_runtime.sources.csv import CsvSource
 from edge_runtime.sources.picam import yuv420_to_bgr
 from edge_runtime.sources.serial import parse_serial_spec
 from edge_runtime.sources.stdin import StdinSource, parse_json_readings
-from edge_runtime.sources.video import redact_url
 from edge_runtime.sources.window import Windower, parse_numbers
 
 
@@ -228,9 +228,9 @@ def _importable(name: str) -> bool:
 
 
 def test_stream_description_hides_the_password() -> None:
-    assert redact_url("rtsp://admin:hunter2@10.0.0.5:554/s") == "rtsp://admin:***@10.0.0.5:554/s"
+    assert redact("rtsp://admin:hunter2@10.0.0.5:554/s") == "rtsp://admin:***@10.0.0.5:554/s"
     assert "hunter2" not in open_source("rtsp://admin:hunter2@cam/s").describe()
-    assert redact_url("http://cam/x") == "http://cam/x"
+    assert redact("http://cam/x") == "http://cam/x"
 
 
 def test_serial_spec_parsing() -> None:
