@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from edge_runtime.bundles.manifest import load_bundle_dir
 from edge_runtime.bundles.packing import pack_bundle
 from edge_runtime.publish.client import connect, make_client
+from edge_runtime.publish.payloads import PayloadError, StatusMessage
 from edge_runtime.publish.settings import MqttSettings, parse_mqtt_url
 from edge_runtime.publish.topics import pipeline_name, topic_level
 
@@ -44,11 +45,12 @@ def group_members(client: mqtt.Client, prefix: str, group: str, wait_s: float = 
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            status = json.loads(msg.payload)
-        except ValueError:
+            status = StatusMessage.from_payload(bytes(msg.payload))
+        except PayloadError:
             return
-        if isinstance(status, dict) and group in (status.get("groups") or []):
-            found[msg.topic.split("/")[1]] = status.get("state") != "offline"
+        groups = status.extra.get("groups")
+        if isinstance(groups, list) and group in groups:
+            found[msg.topic.split("/")[1]] = status.state != "offline"
 
     client.on_message = on_message
     client.subscribe(f"{prefix}/+/status", qos=1)

@@ -11,14 +11,19 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from .publish.client import connect, make_client
+from .publish.payloads import PayloadError, ResultMessage, StatusMessage
 from .publish.settings import MqttSettings
 
 
-def describe_result(msg: dict[str, Any]) -> str:
-    head = (f"{msg.get('device')}/{msg.get('pipeline')} #{msg.get('seq')} "
-            f"[{(msg.get('frame') or {}).get('ref')}]")
-    timing = (msg.get("timing_ms") or {}).get("total")
-    tail = f"  ({timing:.2f} ms)" if isinstance(timing, int | float) else ""
+def describe_result(payload: dict[str, Any]) -> str:
+    """One line for a result; read through the wire type, so a malformed one says why."""
+    try:
+        result = ResultMessage.from_payload(payload)
+    except PayloadError as exc:
+        return f"malformed result: {exc}"
+    msg = result.output
+    head = f"{result.device}/{result.pipeline} #{result.seq} [{result.frame.ref}]"
+    tail = f"  ({result.timing_ms.total:.2f} ms)"
     if "predictions" in msg:
         best = ", ".join(f"{p['label']} {p['score']:.2f}" for p in msg["predictions"][:3])
         return f"{head} {best}{tail}"
@@ -32,7 +37,16 @@ def describe_result(msg: dict[str, Any]) -> str:
         return f"{head} {flag} score {a.get('score')} (threshold {a.get('threshold')}){tail}"
     if "values" in msg:
         return f"{head} values {msg['values'][:8]}{tail}"
-    return f"{head} {msg.get('task')}{tail}"
+    return f"{head} {result.task}{tail}"
+
+
+def describe_status(device: str, payload: dict[str, Any]) -> str:
+    try:
+        status = StatusMessage.from_payload(payload)
+    except PayloadError as exc:
+        return f"{device}: malformed status: {exc}"
+    reason = f" — {status.reason}" if status.reason else ""
+    return f"{device} is {status.state}{reason}"
 
 
 def describe_metrics(device: str, msg: dict[str, Any]) -> str:
@@ -69,8 +83,7 @@ def watch(settings: MqttSettings, device: str, prefix: str, *, count: int | None
         elif parts[-1] == "result" and isinstance(payload, dict):
             print(describe_result(payload), flush=True)
         elif parts[-1] == "status" and isinstance(payload, dict):
-            reason = f" — {payload['reason']}" if payload.get("reason") else ""
-            print(f"{parts[1]} is {payload.get('state')}{reason}", flush=True)
+            print(describe_status(parts[1], payload), flush=True)
         elif parts[-1] == "metrics" and isinstance(payload, dict):
             print(describe_metrics(parts[1], payload), flush=True)
         elif parts[-1] == "reply":

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from support.daemon import Mosquitto, missing, run_cli, seqs, top_label
-from test_convert_cli import independent_accuracy, tensor_dtypes
+from support.models import independent_accuracy, tensor_dtypes
 from test_daemon_cli import Run, run_to_end
 
 from edge_runtime.preprocess import InputSpec, preprocess_batch
