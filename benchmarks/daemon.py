@@ -34,52 +34,28 @@ them then counts much more of each library as resident.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
-import os
-import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-import paho.mqtt.client as paho
+from assets import VIDEO_FRAMES, Assets, prepare_assets, quiet_tensorflow_env, tool
 from common import mosquitto
-from paho.mqtt.enums import CallbackAPIVersion
+from loops import LoopRate, bare_loop, input_tensor, model_loop
+from monitor import ChildRun, CpuShare, drop_page_cache, run_monitored
+from subscriber import Arrival, Arrivals
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench" / "daemon"
-MODEL_NAME = "mobilenet_v2"
-PROFILE = "rpi4"
-INPUT_SIZE = 224
-CALIBRATION_FRAMES = 100
-VIDEO_FRAMES = 300
-VIDEO_SIZE = (640, 480)
-VIDEO_FPS = 30.0
-RUN_TIMEOUT_S = 180.0
-POLL_S = 0.01
-WARMUP_INVOKES = 10
 BUSY_WARNING = 0.05
 SHARE_NAMES = {"others": "other processes", "steal": "the hypervisor (steal time)"}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-MAKE_KERAS = """
-import sys
-import keras
-model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
-model.save(sys.argv[1])
-"""
 
 TF_EQUIVALENT = """
 import sys
@@ -97,369 +73,7 @@ for _ in range(int(sys.argv[3])):
 """
 
 
-# ----- assets ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Assets:
-    bundle: Path
-    video: Path
-    calibration: Path
-
-    @property
-    def model(self) -> Path:
-        return self.bundle / "model.tflite"
-
-
-def prepare_assets(cache: Path, rebuild: bool) -> Assets:
-    """Everything the runs need, made once and reused from ``cache``."""
-    if rebuild and cache.exists():
-        shutil.rmtree(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    calibration = cache / "calibration"
-    if not calibration.is_dir():
-        _write_atomically_dir(calibration, lambda d: write_calibration(d, sample_images()))
-    video = cache / "video.mp4"
-    if not video.is_file():
-        _write_atomically_file(video, lambda p: write_video(p, sample_images()))
-    keras_model = cache / f"{MODEL_NAME}.keras"
-    if not keras_model.is_file():
-        _write_atomically_file(keras_model, make_keras_model)
-    bundle = _find_bundle(cache / "bundles")
-    if bundle is None:
-        bundle = convert(keras_model, calibration, cache / "bundles")
-    return Assets(bundle, video, calibration)
-
-
-@functools.cache
-def sample_images() -> list[np.ndarray]:
-    """scikit-learn's two photos, as OpenCV BGR images."""
-    from sklearn.datasets import load_sample_images
-
-    return [cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for img in load_sample_images().images]
-
-
-def _write_atomically_dir(target: Path, write: Callable[[Path], None]) -> None:
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    write(partial)
-    partial.rename(target)
-
-
-def _write_atomically_file(target: Path, write: Callable[[Path], None]) -> None:
-    partial = target.with_name(f"partial-{target.name}")
-    partial.unlink(missing_ok=True)
-    write(partial)
-    partial.rename(target)
-
-
-def write_calibration(folder: Path, images: list[np.ndarray]) -> None:
-    """Crops at random places and scales, some mirrored, some darker or brighter."""
-    rng = np.random.default_rng(0)
-    for index in range(CALIBRATION_FRAMES):
-        image = images[index % len(images)]
-        h, w = image.shape[:2]
-        side = int(rng.integers(h // 2, h + 1))
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = cv2.resize(image[y:y + side, x:x + side], (INPUT_SIZE, INPUT_SIZE))
-        if index % 4 in (1, 3):
-            crop = crop[:, ::-1]
-        gain = float(rng.uniform(0.7, 1.3))
-        crop = np.clip(crop.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"frame_{index:03d}.png"), crop)
-
-
-def write_video(path: Path, images: list[np.ndarray]) -> None:
-    """A 640x480 clip panning slowly across each photo in turn."""
-    width, height = VIDEO_SIZE
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), VIDEO_FPS, VIDEO_SIZE)
-    if not writer.isOpened():
-        raise SystemExit("OpenCV cannot write mp4v video here")
-    per_image = VIDEO_FRAMES // len(images)
-    try:
-        for image in images:
-            big = cv2.resize(image, None, fx=1.7, fy=1.7)
-            span_x, span_y = big.shape[1] - width, big.shape[0] - height
-            for step in range(per_image):
-                t = step / max(1, per_image - 1)
-                x, y = int(span_x * t), int(span_y * (0.5 - 0.5 * np.cos(np.pi * t)))
-                writer.write(np.ascontiguousarray(big[y:y + height, x:x + width]))
-    finally:
-        writer.release()
-
-
-def make_keras_model(path: Path) -> None:
-    # In a child: TensorFlow takes ~600 MB and must not sit in the process measuring the daemon.
-    subprocess.run([sys.executable, "-c", MAKE_KERAS, str(path)], check=True,
-                   env=_quiet_tensorflow_env())
-
-
-def convert(model: Path, calibration: Path, out: Path) -> Path:
-    """The real ``edge-convert convert`` CLI; the accuracy gate is opened wide (random weights)."""
-    command = [
-        _tool("edge-convert"), "convert", str(model), "--profile", PROFILE,
-        "--calibration", str(calibration), "--input-mean", "127.5", "--input-std", "127.5",
-        "--task", "classification", "--max-accuracy-drop", "100", "--out", str(out),
-    ]
-    print(f"converting {model.name} for {PROFILE} (once; cached in {out})", file=sys.stderr)
-    subprocess.run(command, check=True, env=_quiet_tensorflow_env())
-    bundle = _find_bundle(out)
-    if bundle is None:
-        raise SystemExit(f"edge-convert wrote no bundle under {out}")
-    return bundle
-
-
-def _find_bundle(folder: Path) -> Path | None:
-    for manifest in sorted(folder.glob("*/manifest.json")):
-        if (manifest.parent / "model.tflite").is_file():
-            return manifest.parent
-    return None
-
-
-def _quiet_tensorflow_env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
-def _tool(name: str) -> str:
-    beside = Path(sys.executable).with_name(name)
-    found = str(beside) if beside.is_file() else shutil.which(name)
-    if found is None:
-        raise SystemExit(f"{name} is not installed (pip install -e . in this environment)")
-    return found
-
-
-# ----- measuring child processes -------------------------------------------------------------
-
-
-@dataclass
-class ChildRun:
-    """A finished child process: when it started (wall clock), its exit code and peak RSS."""
-
-    started: float
-    exit_code: int
-    peak_rss_bytes: int
-    seconds: float
-    cpu_seconds: float
-    cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU seconds)
-    peak_anon_bytes: int = 0  # largest RssAnon sampled: heaps, not shared library pages
-
-    def cpu_between(self, start: float, end: float) -> float:
-        """CPU seconds the child used between two wall-clock times (from the samples)."""
-        if len(self.cpu_samples) < 2:
-            return float("nan")
-        walls, cpus = zip(*self.cpu_samples, strict=True)
-        return float(np.interp(end, walls, cpus) - np.interp(start, walls, cpus))
-
-
-def run_monitored(command: Sequence[str], timeout: float = RUN_TIMEOUT_S,
-                  env: dict[str, str] | None = None, quiet: bool = False) -> ChildRun:
-    """Run ``command`` to its end, sampling its peak RSS (VmHWM) and CPU time as it goes."""
-    started = time.time()
-    clock = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL if quiet else None)
-    high_water = anon = 0
-    samples: list[tuple[float, float]] = []
-    deadline = clock + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        hwm, rss_anon = _memory(process.pid)
-        high_water, anon = max(high_water, hwm), max(anon, rss_anon)
-        cpu = _cpu_s(process.pid)
-        if cpu is not None:
-            samples.append((time.time(), cpu))
-        if time.perf_counter() > deadline:
-            process.kill()
-            process.wait()
-            raise SystemExit(f"{Path(command[0]).name} did not finish within {timeout:.0f} s")
-        time.sleep(POLL_S)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    # Not usage.ru_maxrss: a child forked from this process inherits this process's RSS as its
-    # high-water mark until it execs, so it would report the benchmark's memory, not its own.
-    return ChildRun(started, process.returncode, high_water, time.perf_counter() - clock,
-                    usage.ru_utime + usage.ru_stime, samples, anon)
-
-
-def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a live process, all threads (None once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _memory(pid: int) -> tuple[int, int]:
-    """Peak resident bytes (VmHWM) and anonymous resident bytes (RssAnon) of a live process;
-    zeros once it is gone."""
-    found = {"VmHWM:": 0, "RssAnon:": 0}
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                key = line.split(maxsplit=1)[0] if line.strip() else ""
-                if key in found:
-                    found[key] = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return found["VmHWM:"], found["RssAnon:"]
-
-
-class CpuShare:
-    """How much of the machine's CPU went elsewhere meanwhile: to processes outside this
-    benchmark, and to the hypervisor (steal time, on a virtual machine).
-
-    Other work on a 2-core machine skews every figure here; this says when it happened.
-    """
-
-    def __init__(self) -> None:
-        self._start = (time.perf_counter(), _machine_ticks(), _own_cpu_s())
-
-    def shares(self) -> dict[str, float]:
-        """Fractions of all cores (0..1) since construction: ``others`` and ``steal``."""
-        wall0, (busy0, steal0), own0 = self._start
-        busy, steal = _machine_ticks()
-        capacity = (time.perf_counter() - wall0) * (os.cpu_count() or 1)
-        foreign = (busy - busy0) - (_own_cpu_s() - own0)
-        return {"others": max(0.0, foreign / capacity), "steal": (steal - steal0) / capacity}
-
-
-def _machine_ticks() -> tuple[float, float]:
-    """(busy, stolen) CPU seconds of the whole machine since boot."""
-    with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (
-            int(v) for v in stat.readline().split()[1:9])
-    busy = user + nice + system + irq + softirq
-    return busy / CLOCK_TICKS, steal / CLOCK_TICKS
-
-
-def _own_cpu_s() -> float:
-    """CPU of this process and of every child it has reaped (the daemons, Mosquitto)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
-
-
-# ----- the broker side ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Arrival:
-    at: float
-    payload: dict[str, Any]
-
-
-class Arrivals:
-    """A subscriber that notes when each message reached it, per topic."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._lock = threading.Lock()
-        self._by_topic: dict[str, list[Arrival]] = {}
-        self._subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"bench-daemon-{uuid.uuid4().hex[:6]}")
-        self.client.on_connect = lambda c, *_: c.subscribe("edge/#", qos=1)
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect(host, port)
-        self.client.loop_start()
-        if not self._subscribed.wait(5):
-            raise SystemExit("the benchmark subscriber could not subscribe")
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        at = time.time()
-        if message.retain:
-            return
-        with self._lock:
-            self._by_topic.setdefault(message.topic, []).append(
-                Arrival(at, json.loads(message.payload)))
-
-    def take(self, topic: str, count: int = 0, timeout: float = 5.0) -> list[Arrival]:
-        """What arrived on ``topic``, waiting up to ``timeout`` for at least ``count``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                got = list(self._by_topic.get(topic, []))
-            if len(got) >= count or time.monotonic() > deadline:
-                return got
-            time.sleep(POLL_S)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-# ----- the measurements -----------------------------------------------------------------------
-
-
-def input_tensor(assets: Assets) -> np.ndarray:
-    """The first video frame, preprocessed exactly as the daemon does it."""
-    from edge_runtime.bundles.manifest import load_bundle_dir
-    from edge_runtime.preprocess import Preprocessor
-
-    capture = cv2.VideoCapture(str(assets.video))
-    ok, frame = capture.read()
-    capture.release()
-    if not ok:
-        raise SystemExit(f"cannot read {assets.video}")
-    spec = load_bundle_dir(assets.bundle).input_spec
-    assert spec is not None
-    return Preprocessor(spec)(frame)
-
-
-@dataclass(frozen=True)
-class LoopRate:
-    per_s: float
-    cpu_ms: float  # CPU of the whole process per item, all threads
-
-
-def bare_loop(model: Path, tensor: np.ndarray, threads: int, invokes: int) -> LoopRate:
-    """Invokes per second of a plain interpreter: set_tensor + invoke + get_tensor."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(model), num_threads=threads)
-    interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
-    outputs = [d["index"] for d in interpreter.get_output_details()]
-    start = cpu = 0.0
-    for i in range(WARMUP_INVOKES + invokes):
-        if i == WARMUP_INVOKES:
-            start, cpu = time.perf_counter(), time.process_time()
-        interpreter.set_tensor(index, tensor)
-        interpreter.invoke()
-        for out in outputs:
-            interpreter.get_tensor(out)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return LoopRate(invokes / seconds, cpu / invokes * 1e3)
-
-
-def model_loop(assets: Assets, threads: int, frames: int) -> LoopRate:
-    """The daemon's own per-frame code in one thread, without capture thread or delivery:
-    decode a video frame, then ``LoadedModel.run`` (preprocess, invoke, post-process)."""
-    from edge_runtime.model import open_model
-
-    model = open_model(assets.bundle, threads=threads)
-    capture = cv2.VideoCapture(str(assets.video))
-    start = cpu = 0.0
-    try:
-        for i in range(WARMUP_INVOKES + frames):
-            if i == WARMUP_INVOKES:
-                start, cpu = time.perf_counter(), time.process_time()
-            ok, frame = capture.read()
-            if not ok:
-                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, frame = capture.read()
-            model.run(frame)
-    finally:
-        capture.release()
-        model.close()
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return LoopRate(frames / seconds, cpu / frames * 1e3)
+# ----- the daemon ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -492,17 +106,6 @@ class DaemonRun:
                 - a.payload["timing_ms"]["inference"] for a in self.steady_part()]
 
 
-def drop_page_cache() -> None:
-    """Empty the kernel's page cache (root only), so that the next process reads its libraries
-    from disk as on a freshly booted board. Files written recently (a fresh ``pip install``) sit
-    in the cache in large folios, and a process mapping them counts far more of each library as
-    resident than one that reads it cold."""
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError as exc:
-        raise SystemExit(f"--cold-cache needs root: {exc}") from None
-
 
 def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, frames: int,
                threads: int, fps: float | None = None, cold: bool = False) -> DaemonRun:
@@ -510,7 +113,7 @@ def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, f
     host, port = broker
     with tempfile.TemporaryDirectory() as state:
         command = [
-            _tool("edge-runtime"), "run", "--bundle", str(assets.bundle),
+            tool("edge-runtime"), "run", "--bundle", str(assets.bundle),
             "--source", str(assets.video), "--max-frames", str(frames),
             "--threads", str(threads), "--mqtt", f"mqtt://{host}:{port}",
             "--device-id", device, "--state-dir", state,
@@ -536,7 +139,7 @@ def tensorflow_rss(model: Path, threads: int, invokes: int = 50) -> int | None:
     if importlib.util.find_spec("tensorflow") is None:
         return None
     child = run_monitored([sys.executable, "-c", TF_EQUIVALENT, str(model), str(threads),
-                           str(invokes)], env=_quiet_tensorflow_env(), quiet=True)
+                           str(invokes)], env=quiet_tensorflow_env(), quiet=True)
     return child.peak_rss_bytes if child.exit_code == 0 else None
 
 
