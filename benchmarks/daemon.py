@@ -106,14 +106,14 @@ class DaemonRun:
                 - a.payload["timing_ms"]["inference"] for a in self.steady_part()]
 
 
-
 def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, frames: int,
-               threads: int, fps: float | None = None, cold: bool = False) -> DaemonRun:
+               threads: int, fps: float | None = None, cold: bool = False,
+               executable: str | None = None) -> DaemonRun:
     device = f"bench-{uuid.uuid4().hex[:6]}"
     host, port = broker
     with tempfile.TemporaryDirectory() as state:
         command = [
-            tool("edge-runtime"), "run", "--bundle", str(assets.bundle),
+            executable or tool("edge-runtime"), "run", "--bundle", str(assets.bundle),
             "--source", str(assets.video), "--max-frames", str(frames),
             "--threads", str(threads), "--mqtt", f"mqtt://{host}:{port}",
             "--device-id", device, "--state-dir", state,
@@ -212,13 +212,14 @@ def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
     # mean: on a shared host the speed of the machine drifts within seconds.
     before = bare_loop(assets.model, tensor, args.threads, args.frames)
     run = run_daemon(assets, broker, arrivals, frames=args.frames, threads=args.threads,
-                     cold=args.cold_cache)
+                     cold=args.cold_cache, executable=args.edge_runtime)
     after = bare_loop(assets.model, tensor, args.threads, args.frames)
     bare = LoopRate((before.per_s + after.per_s) / 2, (before.cpu_ms + after.cpu_ms) / 2)
     daemon = run.steady()
     in_process = model_loop(assets, args.threads, args.frames)
     paced = run_daemon(assets, broker, arrivals, frames=args.latency_frames,
-                       threads=args.threads, fps=args.fps, cold=args.cold_cache)
+                       threads=args.threads, fps=args.fps, cold=args.cold_cache,
+                       executable=args.edge_runtime)
     overhead = paced.overhead_ms()
     figures = {"bare_invokes_per_s": bare.per_s, "daemon_results_per_s": daemon.per_s,
                "throughput_ratio": daemon.per_s / bare.per_s,
@@ -297,6 +298,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="empty the page cache before each daemon and TensorFlow run, as "
                              "after a reboot (root only)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--edge-runtime", metavar="PATH",
+                        help="the daemon to measure (default: the edge-runtime installed beside "
+                             "this Python); another version's, to compare two side by side")
     args = parser.parse_args(argv)
     if min(args.rounds, args.threads) < 1 or args.fps <= 0:
         parser.error("--rounds, --threads and --fps must be positive")
@@ -313,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = measure(args, assets)
     report.update(machine=machine_description(), threads=args.threads, frames=args.frames,
                   fps=args.fps, latency_frames=args.latency_frames,
-                  bundle=str(assets.bundle), video=str(assets.video))
+                  bundle=str(assets.bundle), video=str(assets.video),
+                  edge_runtime=args.edge_runtime or tool("edge-runtime"))
     report["goals"] = verdicts(report["figures"])
     print_table(report)
     if args.json is not None:

@@ -45,6 +45,7 @@ class Daemon:
         self.notifier = Notifier()
         self._stop = threading.Event()
         self._status: tuple[str, str] = ("", "")
+        self._layouts: list[int] = []  # the status names each pipeline's threads and why
         self._pipeline_states: dict[str, tuple[str, str]] = {}
         self.loader = ModelLoader(self.state_dir, config.trusted_keys)
         models = self._load_models()
@@ -220,8 +221,9 @@ class Daemon:
     def _update_status(self, force: bool = False) -> None:
         reasons = self._degraded_reasons()
         status = ("degraded", "; ".join(reasons)[:500]) if reasons else ("online", "")
-        if force or status != self._status:
-            self._status = status
+        layouts = [p.layout_rounds for p in self.pipelines.values()]
+        if force or status != self._status or layouts != self._layouts:
+            self._status, self._layouts = status, layouts
             self.link.set_status(status[0], reason=status[1] or None)
             self.notifier.status(f"{status[0]}{': ' + status[1] if status[1] else ''}")
 
@@ -230,7 +232,9 @@ class Daemon:
             "device": self.config.device_id, "version": __version__,
             "groups": list(self.config.groups),
             "pipelines": {name: {"model": p.model.bundle.model_info, "paused": p.paused,
-                                 "source": self.config_for(name).source}
+                                 "source": self.config_for(name).source,
+                                 "threads": p.threads_status(),
+                                 "decode": p.decode_status()}
                           for name, p in self.pipelines.items()},
         }
 
