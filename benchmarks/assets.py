@@ -25,6 +25,9 @@ CALIBRATION_FRAMES = 100
 VIDEO_FRAMES = 300
 VIDEO_SIZE = (640, 480)
 VIDEO_FPS = 30.0
+H264_SIZE = (1280, 720)
+H264_BITRATE = 4_000_000
+SENSOR_NOISE = 4.0  # grey levels, standard deviation
 
 MAKE_KERAS = """
 import sys
@@ -36,8 +39,9 @@ model.save(sys.argv[1])
 @dataclass(frozen=True)
 class Assets:
     bundle: Path
-    video: Path
+    video: Path  # the clip the runs read
     calibration: Path
+    clips: dict[str, Path]  # every clip by name; ``video`` is one of them
 
     @property
     def model(self) -> Path:
@@ -55,13 +59,16 @@ def prepare_assets(cache: Path, rebuild: bool) -> Assets:
     video = cache / "video.mp4"
     if not video.is_file():
         _write_atomically_file(video, lambda p: write_video(p, sample_images()))
+    h264 = cache / "video-720p-h264.mp4"
+    if not h264.is_file():
+        _write_atomically_file(h264, lambda p: write_h264(p, sample_images()))
     keras_model = cache / f"{MODEL_NAME}.keras"
     if not keras_model.is_file():
         _write_atomically_file(keras_model, make_keras_model)
     bundle = find_bundle(cache / "bundles")
     if bundle is None:
         bundle = convert(keras_model, calibration, cache / "bundles")
-    return Assets(bundle, video, calibration)
+    return Assets(bundle, video, calibration, {"vga-mpeg4": video, "720p-h264": h264})
 
 
 @functools.cache
@@ -120,6 +127,32 @@ def write_video(path: Path, images: list[np.ndarray]) -> None:
                 writer.write(np.ascontiguousarray(big[y:y + height, x:x + width]))
     finally:
         writer.release()
+
+
+def write_h264(path: Path, images: list[np.ndarray]) -> None:
+    """A 1280x720 H.264 clip panning across each photo in turn, as an IP camera records it:
+    sensor noise, about 4 Mbit/s, no B-frames, a key frame every second (libx264, yuv420p)."""
+    import av
+
+    width, height = H264_SIZE
+    per_image = VIDEO_FRAMES // len(images)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(VIDEO_FPS))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = H264_BITRATE
+        stream.options = {"preset": "fast", "x264-params": f"bframes=0:keyint={int(VIDEO_FPS)}"}
+        rng = np.random.default_rng(0)
+        for image in images:
+            big = cv2.resize(image, None, fx=3.2, fy=3.2)
+            span_x, span_y = big.shape[1] - width, big.shape[0] - height
+            for step in range(per_image):
+                t = step / max(1, per_image - 1)
+                x, y = int(span_x * t), int(span_y * (0.5 - 0.5 * np.cos(np.pi * t)))
+                noise = rng.normal(0.0, SENSOR_NOISE, (height, width, 1)).astype(np.float32)
+                crop = np.clip(big[y:y + height, x:x + width] + noise, 0, 255).astype(np.uint8)
+                frame = av.VideoFrame.from_ndarray(crop, format="bgr24")
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
 
 
 def make_keras_model(path: Path) -> None:

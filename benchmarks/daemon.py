@@ -40,22 +40,26 @@ import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from assets import VIDEO_FRAMES, Assets, prepare_assets, quiet_tensorflow_env, tool
 from common import mosquitto
-from loops import LoopRate, bare_loop, input_tensor, model_loop
+from daemon_report import describe_round, print_table, stage_latencies, verdicts
+from loops import LoopRate, bare_loop, frame_cost, input_tensor, model_loop, peer_loop
 from monitor import ChildRun, CpuShare, drop_page_cache, run_monitored
 from subscriber import Arrival, Arrivals
 
+from edge_runtime.system.sysinfo import cpu_count
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench" / "daemon"
-BUSY_WARNING = 0.05
-SHARE_NAMES = {"others": "other processes", "steal": "the hypervisor (steal time)"}
+CLIPS = ("vga-mpeg4", "720p-h264")
+AUTO_RUN = 4      # with threads by measurement, a run makes this many times --frames results
+COST_FRAMES = 150  # frames the CPU cost per step is measured on
 
 TF_EQUIVALENT = """
 import sys
@@ -86,10 +90,20 @@ class DaemonRun:
     def first_result_s(self) -> float:
         return self.results[0].at - self.child.started
 
+    @property
+    def threads(self) -> dict[str, Any]:
+        """What the daemon said about its interpreter threads in its final metrics."""
+        pipeline = (self.metrics or {}).get("pipelines", {}).get("default", {})
+        found = pipeline.get("threads")
+        return found if isinstance(found, dict) else {}
+
     def steady_part(self) -> list[Arrival]:
-        """The results after the first tenth (warm-up: first invokes, connection, caches)."""
+        """The results after the first tenth (warm-up: first invokes, connection, caches) and,
+        with threads chosen by measurement, after the choice was made."""
         ordered = sorted(self.results, key=lambda a: a.at)
-        return ordered[max(5, len(ordered) // 10):]
+        decided = self.threads.get("decided_after_frames") or 0
+        tuned = [a for a in ordered if a.payload["seq"] > decided + 2]
+        return tuned[max(5, len(tuned) // 10):]
 
     def steady(self) -> LoopRate:
         """Results per second at the broker and daemon CPU per result, in the steady part."""
@@ -107,7 +121,7 @@ class DaemonRun:
 
 
 def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, frames: int,
-               threads: int, fps: float | None = None, cold: bool = False,
+               threads: int | None, fps: float | None = None, cold: bool = False,
                executable: str | None = None) -> DaemonRun:
     device = f"bench-{uuid.uuid4().hex[:6]}"
     host, port = broker
@@ -115,9 +129,10 @@ def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, f
         command = [
             executable or tool("edge-runtime"), "run", "--bundle", str(assets.bundle),
             "--source", str(assets.video), "--max-frames", str(frames),
-            "--threads", str(threads), "--mqtt", f"mqtt://{host}:{port}",
-            "--device-id", device, "--state-dir", state,
+            "--mqtt", f"mqtt://{host}:{port}", "--device-id", device, "--state-dir", state,
         ]
+        if threads is not None:
+            command += ["--threads", str(threads)]
         if fps is not None:
             command += ["--fps", f"{fps:g}"]
         if frames > VIDEO_FRAMES:
@@ -143,45 +158,6 @@ def tensorflow_rss(model: Path, threads: int, invokes: int = 50) -> int | None:
     return child.peak_rss_bytes if child.exit_code == 0 else None
 
 
-# ----- the report -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Goal:
-    key: str
-    figure: str
-    limit: float
-    at_most: bool
-    digits: int
-
-    def met(self, value: float) -> bool:
-        return value <= self.limit if self.at_most else value >= self.limit
-
-    @property
-    def text(self) -> str:
-        return f"{'≤' if self.at_most else '≥'} {self.limit:.{self.digits}f}"
-
-
-GOALS = (
-    Goal("peak_rss_mb", "peak RSS of the daemon (MB)", 120.0, True, 0),
-    Goal("first_result_s", "process start → first result at the broker (s)", 1.5, True, 2),
-    Goal("throughput_ratio", "results/s: daemon ÷ bare invoke loop", 0.9, False, 2),
-    Goal("overhead_p50_ms", "capture → broker beyond the invoke, p50 (ms)", 2.0, True, 2),
-)
-INFO_ROWS = (
-    ("bare_invokes_per_s", "bare invoke loop (invokes/s)", 1),
-    ("model_loop_per_s", "decode + LoadedModel.run loop, one thread (frames/s)", 1),
-    ("daemon_results_per_s", "daemon at the broker (results/s)", 1),
-    ("bare_drift_pct", "bare loop before vs after the daemon, difference (%)", 0),
-    ("bare_cpu_ms", "bare loop CPU per invoke, all threads (ms)", 2),
-    ("model_loop_cpu_ms", "decode + LoadedModel.run CPU per frame (ms)", 2),
-    ("daemon_cpu_ms", "daemon CPU per result, all threads (ms)", 2),
-    ("overhead_p99_ms", "capture → broker beyond the invoke, p99 (ms)", 2),
-    ("peak_anon_rss_mb", "of which anonymous at most (MB; the rest is library pages)", 0),
-    ("tensorflow_peak_rss_mb", "tf.lite.Interpreter with TensorFlow, peak RSS (MB)", 0),
-)
-
-
 def measure(args: argparse.Namespace, assets: Assets) -> dict[str, Any]:
     tensor = input_tensor(assets)
     cpu = CpuShare()
@@ -191,7 +167,7 @@ def measure(args: argparse.Namespace, assets: Assets) -> dict[str, Any]:
         try:
             for number in range(1, args.rounds + 1):
                 rounds.append(measure_round(args, assets, tensor, broker, arrivals))
-                print(f"round {number}: {_describe_round(rounds[-1]['figures'])}",
+                print(f"round {number}: {describe_round(rounds[-1]['figures'])}",
                       file=sys.stderr)
         finally:
             arrivals.close()
@@ -200,7 +176,7 @@ def measure(args: argparse.Namespace, assets: Assets) -> dict[str, Any]:
     if args.tensorflow:
         if args.cold_cache:
             drop_page_cache()
-        rss = tensorflow_rss(assets.model, args.threads)
+        rss = tensorflow_rss(assets.model, int(figures["chosen_threads"]))
         if rss is not None:
             figures["tensorflow_peak_rss_mb"] = rss / 2**20
     return {"figures": figures, "rounds": rounds, "cpu_elsewhere": cpu.shares()}
@@ -208,84 +184,66 @@ def measure(args: argparse.Namespace, assets: Assets) -> dict[str, Any]:
 
 def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
                   broker: tuple[str, int], arrivals: Arrivals) -> dict[str, Any]:
-    # The bare loop runs right before and right after the daemon, and the ratio takes their
-    # mean: on a shared host the speed of the machine drifts within seconds.
-    before = bare_loop(assets.model, tensor, args.threads, args.frames)
-    run = run_daemon(assets, broker, arrivals, frames=args.frames, threads=args.threads,
-                     cold=args.cold_cache, executable=args.edge_runtime)
-    after = bare_loop(assets.model, tensor, args.threads, args.frames)
+    # The bare and peer loops run right before and right after the daemon, and the ratios take
+    # their means: on a shared host the speed of the machine drifts within seconds. With threads
+    # chosen by measurement, each loop runs with every thread count the daemon may choose and
+    # the best count counts.
+    counts = list(range(1, cpu_count() + 1)) if args.threads == "auto" else [args.threads]
+    fixed = None if args.threads == "auto" else int(args.threads)
+    before = best(bare_loop(assets.model, tensor, n, args.frames) for n in counts)
+    peer_before = best(peer_loop(assets, n, args.frames, broker) for n in counts)
+    run = run_daemon(assets, broker, arrivals, frames=args.frames * (AUTO_RUN if fixed is None
+                                                                     else 1),
+                     threads=fixed, cold=args.cold_cache, executable=args.edge_runtime)
+    peer_after = best(peer_loop(assets, n, args.frames, broker) for n in counts)
+    after = best(bare_loop(assets.model, tensor, n, args.frames) for n in counts)
     bare = LoopRate((before.per_s + after.per_s) / 2, (before.cpu_ms + after.cpu_ms) / 2)
+    peer = LoopRate((peer_before.per_s + peer_after.per_s) / 2,
+                    (peer_before.cpu_ms + peer_after.cpu_ms) / 2)
     daemon = run.steady()
-    in_process = model_loop(assets, args.threads, args.frames)
+    chosen = run.threads.get("threads") or counts[-1]
+    cost = frame_cost(assets, counts, min(args.frames, COST_FRAMES))
+    ceiling = cost.ceiling(cpu_count())
+    in_process = model_loop(assets, int(chosen), args.frames)
     paced = run_daemon(assets, broker, arrivals, frames=args.latency_frames,
-                       threads=args.threads, fps=args.fps, cold=args.cold_cache,
+                       threads=fixed, fps=args.fps, cold=args.cold_cache,
                        executable=args.edge_runtime)
     overhead = paced.overhead_ms()
     figures = {"bare_invokes_per_s": bare.per_s, "daemon_results_per_s": daemon.per_s,
                "throughput_ratio": daemon.per_s / bare.per_s,
+               "peer_per_s": peer.per_s, "peer_ratio": daemon.per_s / peer.per_s,
+               "ceiling_per_s": ceiling, "ceiling_ratio": daemon.per_s / ceiling,
+               "decode_cpu_ms": cost.decode_ms, "preprocess_cpu_ms": cost.preprocess_ms,
+               "invoke_cpu_ms": min(cost.invoke_ms.values()), "chosen_threads": float(chosen),
                "bare_drift_pct": abs(before.per_s - after.per_s) / bare.per_s * 100,
                "first_result_s": run.first_result_s,
                "peak_rss_mb": max(run.child.peak_rss_bytes, paced.child.peak_rss_bytes) / 2**20,
                "peak_anon_rss_mb": max(run.child.peak_anon_bytes,
                                        paced.child.peak_anon_bytes) / 2**20,
                "model_loop_per_s": in_process.per_s,
-               "bare_cpu_ms": bare.cpu_ms, "model_loop_cpu_ms": in_process.cpu_ms,
-               "daemon_cpu_ms": daemon.cpu_ms,
+               "bare_cpu_ms": bare.cpu_ms, "peer_cpu_ms": peer.cpu_ms,
+               "model_loop_cpu_ms": in_process.cpu_ms, "daemon_cpu_ms": daemon.cpu_ms,
                "overhead_p50_ms": float(np.percentile(overhead, 50)),
                "overhead_p99_ms": float(np.percentile(overhead, 99))}
     return {"figures": figures, "stages_p50_ms": stage_latencies(run.metrics),
-            "paced_stages_p50_ms": stage_latencies(paced.metrics)}
+            "paced_stages_p50_ms": stage_latencies(paced.metrics), "threads": run.threads,
+            "invoke_cpu_ms_by_threads": cost.invoke_ms}
 
 
-def _describe_round(r: dict[str, float]) -> str:
-    return (f"bare {r['bare_invokes_per_s']:.1f}/s, daemon {r['daemon_results_per_s']:.1f}/s "
-            f"({r['throughput_ratio']:.2f}; bare before/after differ by {r['bare_drift_pct']:.0f}%), "
-            f"first result {r['first_result_s']:.2f} s, "
-            f"RSS {r['peak_rss_mb']:.0f} MB, beyond invoke p50 {r['overhead_p50_ms']:.2f} ms")
-
-
-def stage_latencies(metrics: dict[str, Any] | None) -> dict[str, float]:
-    """p50 per stage from the daemon's final metrics message, as the daemon saw them."""
-    if not metrics:
-        return {}
-    pipeline = metrics.get("pipelines", {}).get("default", {})
-    latency = pipeline.get("latency_ms", {})
-    return {stage: values["p50"] for stage, values in latency.items()
-            if isinstance(values, dict) and values.get("p50") is not None}
-
-
-def verdicts(figures: dict[str, float]) -> list[dict[str, Any]]:
-    return [{"figure": g.figure, "key": g.key, "measured": figures[g.key], "goal": g.text,
-             "met": g.met(figures[g.key])} for g in GOALS]
-
-
-def print_table(report: dict[str, Any]) -> None:
-    figures = report["figures"]
-    rows = [(v["figure"], _fmt(v["measured"], g.digits), v["goal"], "yes" if v["met"] else "NO")
-            for v, g in zip(report["goals"], GOALS, strict=True)]
-    rows += [(label, _fmt(figures[key], digits), "", "")
-             for key, label, digits in INFO_ROWS if key in figures]
-    header = ("figure", "measured", "goal", "met?")
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(4)]
-    print(f"{report['machine']}; {report['threads']} thread(s), {report['frames']} frames, "
-          f"latency at {report['fps']:g} fps; median of {len(report['rounds'])} round(s)")
-    for what, share in report["cpu_elsewhere"].items():
-        if share > BUSY_WARNING:
-            print(f"warning: {SHARE_NAMES[what]} took {share:.0%} of the CPU during the run; "
-                  "the figures are skewed")
-    for row in (header, tuple("-" * w for w in widths), *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _fmt(value: float, digits: int) -> str:
-    return f"{value:,.{digits}f}"
+def best(rates: Iterable[LoopRate]) -> LoopRate:
+    return max(rates, key=lambda rate: rate.per_s)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--frames", type=int, default=VIDEO_FRAMES,
                         help="invokes of the bare loop and results of each daemon run")
-    parser.add_argument("--threads", type=int, default=2, help="interpreter threads, both sides")
+    parser.add_argument("--threads", type=_threads, default="auto",
+                        help="interpreter threads, everywhere; auto (the default): the daemon "
+                             "chooses by measurement, the loops run with every count and the "
+                             "best counts")
+    parser.add_argument("--clip", choices=CLIPS, default=CLIPS[0],
+                        help="the video every run reads: 640x480 MPEG-4 or 1280x720 H.264")
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of bare loop, model loop, daemon and paced daemon")
     parser.add_argument("--fps", type=float, default=25.0, help="pace of the latency runs")
@@ -302,11 +260,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the daemon to measure (default: the edge-runtime installed beside "
                              "this Python); another version's, to compare two side by side")
     args = parser.parse_args(argv)
-    if min(args.rounds, args.threads) < 1 or args.fps <= 0:
-        parser.error("--rounds, --threads and --fps must be positive")
+    if args.rounds < 1 or args.fps <= 0:
+        parser.error("--rounds and --fps must be positive")
     if min(args.frames, args.latency_frames) < 20:
         parser.error("--frames and --latency-frames must be at least 20 (the start is warm-up)")
     return args
+
+
+def _threads(text: str) -> int | str:
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a positive whole number nor auto")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -314,9 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     assets = prepare_assets(CACHE, args.rebuild)
+    assets = replace(assets, video=assets.clips[args.clip])
     report = measure(args, assets)
     report.update(machine=machine_description(), threads=args.threads, frames=args.frames,
-                  fps=args.fps, latency_frames=args.latency_frames,
+                  fps=args.fps, latency_frames=args.latency_frames, clip=args.clip,
                   bundle=str(assets.bundle), video=str(assets.video),
                   edge_runtime=args.edge_runtime or tool("edge-runtime"))
     report["goals"] = verdicts(report["figures"])

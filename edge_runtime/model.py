@@ -8,6 +8,7 @@ in the input the pipeline's preprocessing stage made ahead), invoke, post-proces
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Sequence
@@ -121,6 +122,9 @@ class LoadedModel:
             return
         previous, delegate = self.backend.threads, self.backend.delegate
         self.close()
+        # The old interpreter was likely built on another thread, whose malloc arena keeps its
+        # freed pages; give them back first, or the peak RSS holds two interpreters.
+        release_free_memory()
         try:
             self.backend = load_backend(self.bundle.model_path, threads=threads, delegate=delegate)
         except BackendError:
@@ -133,6 +137,14 @@ class LoadedModel:
             self.backend.close()
         except BackendError:
             pass
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)   # the symbols the process has loaded: libc's
+    except (OSError, AttributeError):
+        pass
 
 
 def _copy_from(tensor: np.ndarray) -> Any:

@@ -310,6 +310,8 @@ def _tuner_for(config: PipelineConfig, model: LoadedModel) -> ThreadTuner | None
     if isinstance(config.threads, int) or not model.retunable:
         return None
     candidates = layouts(cpu_count(), images=model.spec.is_image)
+    # The thread count the model was built with first: one interpreter fewer to build.
+    candidates.sort(key=lambda layout: layout.threads != model.backend.threads)
     return ThreadTuner(candidates) if len(candidates) > 1 else None
 
 
