@@ -45,7 +45,7 @@ class Daemon:
         self.notifier = Notifier()
         self._stop = threading.Event()
         self._status: tuple[str, str] = ("", "")
-        self._layouts: list[int] = []  # the status names each pipeline's threads and why
+        self._described: list[tuple[object, ...]] = []  # threads and decoding, as status says
         self._pipeline_states: dict[str, tuple[str, str]] = {}
         self.loader = ModelLoader(self.state_dir, config.trusted_keys)
         models = self._load_models()
@@ -221,9 +221,9 @@ class Daemon:
     def _update_status(self, force: bool = False) -> None:
         reasons = self._degraded_reasons()
         status = ("degraded", "; ".join(reasons)[:500]) if reasons else ("online", "")
-        layouts = [p.layout_rounds for p in self.pipelines.values()]
-        if force or status != self._status or layouts != self._layouts:
-            self._status, self._layouts = status, layouts
+        described = [p.described for p in self.pipelines.values()]
+        if force or status != self._status or described != self._described:
+            self._status, self._described = status, described
             self.link.set_status(status[0], reason=status[1] or None)
             self.notifier.status(f"{status[0]}{': ' + status[1] if status[1] else ''}")
 

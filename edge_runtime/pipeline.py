@@ -243,9 +243,10 @@ class Pipeline:
         return dict(self.capture.source.decoding)
 
     @property
-    def layout_rounds(self) -> int:
-        """How many times the threads were chosen by measurement (0: fixed, or not yet)."""
-        return self._tuner.rounds if self._tuner is not None else 0
+    def described(self) -> tuple[object, ...]:
+        """Changes whenever what status says about the threads or the decoding changes."""
+        rounds = self._tuner.rounds if self._tuner is not None else 0
+        return rounds, tuple(sorted(self.decode_status().items()))
 
     def threads_status(self) -> dict[str, Any]:
         """What the pipeline runs with and why, for status and metrics."""
