@@ -3,9 +3,10 @@ labelled set either way.
 
 * decode CPU: 1280x720 MJPEG frames (the daemon benchmark's photos, panned, written by OpenCV's
   FFmpeg MJPEG writer, about 104 KiB a frame) for a 224x224 model input; full decoding
-  through FFmpeg as ``cv2.VideoCapture`` gives it (what an MJPEG stream or file cost before), full decoding with libjpeg (``cv2.imdecode``),
-  and the reduced decoding the daemon now uses (``JpegDecoder``: 1/4 here). CPU of this
-  process, all threads, per frame, median of ``--rounds``;
+  through FFmpeg as ``cv2.VideoCapture`` gives it (what an MJPEG stream or file cost before),
+  full decoding with libjpeg (``cv2.imdecode``), and the reduced decoding the daemon now uses
+  (``JpegDecoder``: 1/4 here). CPU of this process, all threads, per frame, median of
+  ``--rounds``;
 * predictions: the digits bundle (28x28 input, trained on real handwritten digits) on its
   539 validation images enlarged to 1280x720 and saved as JPEG: top-1 accuracy against the
   labels with full and with reduced decoding (1/8 here), and how many predictions agree.
