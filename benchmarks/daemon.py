@@ -12,7 +12,15 @@ Measured side by side in each round, with the same interpreter thread count:
   a throw-away Mosquitto → seconds from process start to the first result at a subscriber,
   steady results/s at the subscriber, CPU per result, peak RSS (VmHWM) of the daemon;
 * the daemon paced like a camera (``--fps``) → capture-to-broker latency beyond the invoke itself
-  (arrival at the subscriber - ``frame.captured_at`` - ``timing_ms.inference``), p50 / p99.
+  (arrival at the subscriber - ``frame.captured_at`` - ``timing_ms.inference``), p50 / p99;
+* peer-style loop: read, resize and quantize with OpenCV and NumPy, invoke, publish the top-5
+  with QoS 1, on one thread, right before and right after the daemon → results/s;
+* CPU per step (decode, preprocess, invoke per thread count) → the CPU ceiling, cores ÷ (decode
+  + preprocess + cheapest invoke) results/s.
+
+``--threads auto`` (the default) leaves the daemon to choose by measurement; the loops then run
+with every count it may choose and the best counts. ``--clip`` picks the 640x480 MPEG-4 clip or
+a 1280x720 H.264 one; ``--edge-runtime`` measures another daemon executable.
 
 Once per run, the peak RSS of a child that imports TensorFlow and runs ``tf.lite.Interpreter`` on
 the same model, for comparison (skipped without TensorFlow, or with ``--no-tensorflow``).
@@ -22,7 +30,8 @@ CPU other processes took meanwhile.
 The model, calibration frames, bundle and video are made once under ``.cache/bench/daemon/``
 (the model has random weights: accuracy means nothing here, only speed and memory do).
 
-    python benchmarks/daemon.py [--frames 300] [--threads 2] [--rounds 5] [--fps 25]
+    python benchmarks/daemon.py [--frames 300] [--threads auto|N] [--rounds 5] [--fps 25]
+                                [--clip vga-mpeg4|720p-h264] [--edge-runtime PATH]
                                 [--latency-frames 150] [--no-tensorflow] [--rebuild]
                                 [--cold-cache] [--json PATH]
 
