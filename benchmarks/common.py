@@ -23,6 +23,11 @@ from edge_runtime.backends import Backend, TensorInfo, load_backend
 from edge_runtime.metrics import LatencyStats
 from edge_runtime.system.sysinfo import machine_description, peak_rss_bytes
 
+# The tests' Mosquitto and daemon helpers (``tests/support``) serve the benchmarks too.
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.append(str(TESTS))
+
 _IMPORT_PROBE = """
 import json, resource, sys, time
 start = time.perf_counter()
@@ -82,8 +87,7 @@ def import_cost(*modules: str) -> dict[str, float]:
 @contextmanager
 def mosquitto() -> Iterator[tuple[str, int]]:
     """A throw-away Mosquitto on a free loopback port: (host, port)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-    from mosquitto import Mosquitto, mosquitto_available
+    from support.mosquitto import Mosquitto, mosquitto_available
 
     if not mosquitto_available():
         raise SystemExit("Mosquitto is not installed (/usr/sbin/mosquitto)")

@@ -176,8 +176,8 @@ def broker(url: str | None) -> Iterator[MqttSettings]:
     if url:
         yield parse_mqtt_url(url)
         return
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    from mosquitto import Mosquitto, mosquitto_available
+    sys.path.append(str(ROOT / "tests"))
+    from support.mosquitto import Mosquitto, mosquitto_available
 
     if not mosquitto_available():
         raise SystemExit("Mosquitto is not installed; give --mqtt URL of a broker to use")

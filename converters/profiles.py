@@ -119,6 +119,11 @@ class Profile(_Strict):
         default_factory=lambda: Constraints(), description="What the target can execute.")
     budgets: Budgets = Field(
         default_factory=lambda: Budgets(), description="Size and latency limits.")
+    video_decoder: Literal["software", "v4l2m2m", "nvv4l2"] = Field(
+        default="software",
+        description="H.264 decoder the daemon uses on this board under `decode: auto`: v4l2m2m "
+                    "(Raspberry Pi's V4L2 memory-to-memory decoder), nvv4l2 (Jetson's NVDEC "
+                    "through GStreamer), or software; it falls back to software when absent.")
     min_runtime: str = Field(
         description="Oldest runtime the model must load on, e.g. 'tflite-runtime 2.14' or "
                     "'ai-edge-litert 1.2'.")

@@ -29,6 +29,15 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
+def _threads_flag(_ctx: click.Context, _param: click.Parameter, value: str | None
+                  ) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise click.BadParameter(f"{value!r} is neither a positive whole number nor auto")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-runtime")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -54,7 +63,8 @@ def cli(verbose: int) -> None:
 @click.option("--input-mean", help="Mean for a bare model (number or list).")
 @click.option("--input-std", help="Std for a bare model (number or list).")
 @click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]), help="For a bare model.")
-@click.option("--threads", type=click.IntRange(min=1), help="Interpreter threads.")
+@click.option("--threads", callback=_threads_flag,
+              help="Interpreter threads, or auto (default: measured on the source).")
 @click.option("--delegate", help="xnnpack, edgetpu[:usb|:pci], gpu, none, or a .so path.")
 @click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
               help="ed25519 public key; only bundles signed by a trusted key load.")

@@ -107,7 +107,13 @@ class PipelineConfig(_Model):
     width: int | None = Field(None, ge=1, description="Requested camera width.")
     height: int | None = Field(None, ge=1, description="Requested camera height.")
     max_frames: int | None = Field(None, ge=1, description="Stop after this many results.")
-    threads: int | None = Field(None, ge=1, le=64, description="Interpreter threads.")
+    threads: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] | None = Field(
+        None, description="Interpreter threads; auto (the default) measures what gives the most "
+                          "results/s on this source and board.")
+    decode: Literal["auto", "full", "v4l2m2m", "nvv4l2"] = Field(
+        "auto", description="auto: JPEG frames at a reduced scale when the model is much smaller, "
+                            "H.264 on the decoder the bundle's profile names; full: software, "
+                            "full scale; v4l2m2m (Raspberry Pi) or nvv4l2 (Jetson): hardware.")
     delegate: str | None = Field(None, description="xnnpack, edgetpu[:usb|:pci], gpu, none, or .so")
     allow_cpu_fallback: bool = Field(False, description="Run on the CPU if the delegate fails.")
     publish: PublishConfig = Field(default_factory=PublishConfig)  # type: ignore[arg-type]

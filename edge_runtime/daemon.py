@@ -56,6 +56,7 @@ class Daemon:
         self.notifier = Notifier()
         self._stop = threading.Event()
         self._status: tuple[str, str] = ("", "")
+        self._described: list[tuple[object, ...]] = []  # threads and decoding, as status says
         self._pipeline_states: dict[str, tuple[str, str]] = {}
         self.loader = ModelLoader(self.state_dir, config.trusted_keys)
         models = self._load_models()
@@ -232,8 +233,9 @@ class Daemon:
     def _update_status(self, force: bool = False) -> None:
         reasons = self._degraded_reasons()
         status = ("degraded", "; ".join(reasons)[:500]) if reasons else ("online", "")
-        if force or status != self._status:
-            self._status = status
+        described = [p.described for p in self.pipelines.values()]
+        if force or status != self._status or described != self._described:
+            self._status, self._described = status, described
             self.link.set_status(status[0], reason=status[1] or None)
             self.notifier.status(f"{status[0]}{': ' + status[1] if status[1] else ''}")
 
@@ -243,7 +245,9 @@ class Daemon:
             "groups": list(self.config.groups),
             **({"warnings": list(self.warnings)} if self.warnings else {}),
             "pipelines": {name: {"model": p.model.bundle.model_info, "paused": p.paused,
-                                 "source": redact(self.config_for(name).source)}
+                                 "source": redact(self.config_for(name).source),
+                                 "threads": p.threads_status(),
+                                 "decode": p.decode_status()}
                           for name, p in self.pipelines.items()},
         }
 

@@ -8,6 +8,7 @@ in the input the pipeline's preprocessing stage made ahead), invoke, post-proces
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .stages import ModelInput
 
 log = logging.getLogger(__name__)
+CPU_DELEGATES = frozenset({"xnnpack", "none"})
 
 
 class ModelError(EdgeError):
@@ -106,11 +108,43 @@ class LoadedModel:
             times.append((time.perf_counter() - start) * 1e3)
         return float(np.median(times))
 
+    @property
+    def retunable(self) -> bool:
+        """Runs on the CPU, where the interpreter's thread count matters and can be changed."""
+        return self.backend.delegate in CPU_DELEGATES and not self.backend.fell_back
+
+    def rethread(self, threads: int) -> None:
+        """Serve with ``threads`` interpreter threads from the next frame on. A thread count is
+        fixed when an interpreter is built, so this builds another on the same model (a few
+        milliseconds); the old one is closed first, so memory never holds both. Call it between
+        frames, on the thread that runs the model."""
+        if threads == self.backend.threads or not self.retunable:
+            return
+        previous, delegate = self.backend.threads, self.backend.delegate
+        self.close()
+        # The old interpreter was likely built on another thread, whose malloc arena keeps its
+        # freed pages; give them back first, or the peak RSS holds two interpreters.
+        release_free_memory()
+        try:
+            self.backend = load_backend(self.bundle.model_path, threads=threads, delegate=delegate)
+        except BackendError:
+            self.backend = load_backend(self.bundle.model_path, threads=previous,
+                                        delegate=delegate)
+            raise
+
     def close(self) -> None:
         try:
             self.backend.close()
         except BackendError:
             pass
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)   # the symbols the process has loaded: libc's
+    except (OSError, AttributeError):
+        pass
 
 
 def _copy_from(tensor: np.ndarray) -> Any:
@@ -173,7 +207,8 @@ class ModelLoader:
         """``config``'s model: its own bundle path, or ``bundle`` (already resolved) instead."""
         if bundle is None:
             bundle = self.resolve(config.bundle, config)
-        return open_bundle(bundle, threads=config.threads, delegate=config.delegate,
+        threads = config.threads if isinstance(config.threads, int) else None
+        return open_bundle(bundle, threads=threads, delegate=config.delegate,
                            allow_cpu_fallback=config.allow_cpu_fallback, hints=hints_for(config),
                            params=config.postprocess)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from edge_runtime.publish.policy import PolicySettings, PublishPolicy
 
+from .backends import BackendError
 from .config import PipelineConfig
 from .frames import Frame
 from .metrics import PipelineMetrics
@@ -30,6 +31,8 @@ from .redact import redact
 from .sources import SourceOptions, WindowSpec, open_source
 from .sources.capture import Capture
 from .stages import PreprocessStage
+from .system.sysinfo import cpu_count
+from .tuning import Layout, ThreadTuner, layouts
 
 log = logging.getLogger(__name__)
 GET_TIMEOUT_S = 0.25
@@ -67,6 +70,8 @@ class Pipeline:
         source = open_source(config.source, self._source_options(model))
         self.capture = Capture(source, on_state=self._source_state,
                                ahead=None if source.live else self.preprocess)
+        self._tuner = _tuner_for(config, model)
+        self._retune = self._tuner is not None
         self._describe_model(model)
 
     # ----- control ----------------------------------------------------------------------------
@@ -106,6 +111,7 @@ class Pipeline:
             old, self._model = self._model, new
             self.previous = old
             self.preprocess.retarget(new.spec)
+            self._retune = self._tuner is not None
         self.policy.reset()
         self._describe_model(new)
         return old
@@ -125,6 +131,9 @@ class Pipeline:
         limit = self.config.max_frames
         while not self._stop.is_set():
             self.last_beat = time.monotonic()
+            if self._retune:
+                self._retune = False
+                self._apply(self._tuner.start(self.last_beat) if self._tuner else None)
             frame = self.capture.get(GET_TIMEOUT_S)
             if frame is None:
                 if self.capture.finished:
@@ -157,6 +166,13 @@ class Pipeline:
             log.warning("pipeline %s: frame %s skipped: %s", self.name, frame.ref, exc)
             return False
         self.metrics.frame_processed()
+        read_ms = frame.meta.get("read_ms")
+        if isinstance(read_ms, float):
+            self.metrics.record_ms("read", read_ms)
+        if self._tuner is not None:
+            self._apply(self._tuner.observe(time.monotonic(), invoke_ms=t.inference,
+                                            preprocess_ms=t.preprocess,
+                                            read_ms=read_ms if isinstance(read_ms, float) else 0))
         outcome = self.policy.filter(outcome)
         now = time.time()
         if not self.policy.should_publish(outcome, now):
@@ -209,6 +225,43 @@ class Pipeline:
         if truth == predicted:
             self.metrics.counters.inc("correct")
 
+    # ----- threads by measurement ---------------------------------------------------------------
+
+    def _apply(self, layout: Layout | None) -> None:
+        """Serve the next frames with ``layout`` (between two frames, on the pipeline thread)."""
+        if layout is not None:
+            self.capture.set_ahead(self.preprocess if layout.ahead else None)
+            with self._swap_lock:
+                try:
+                    self._model.rethread(layout.threads)
+                except BackendError as exc:
+                    log.warning("pipeline %s: cannot use %d interpreter threads: %s", self.name,
+                                layout.threads, exc)
+        self.metrics.set_info("threads", self.threads_status())
+
+    def decode_status(self) -> dict[str, object]:
+        """How the source decodes frames: the decoder, the JPEG scale, why hardware is not used."""
+        return dict(self.capture.source.decoding)
+
+    @property
+    def described(self) -> tuple[object, ...]:
+        """Changes whenever what status says about the threads or the decoding changes."""
+        rounds = self._tuner.rounds if self._tuner is not None else 0
+        return rounds, tuple(sorted(self.decode_status().items()))
+
+    def threads_status(self) -> dict[str, Any]:
+        """What the pipeline runs with and why, for status and metrics."""
+        if self._tuner is not None:
+            report = self._tuner.report()
+            if self._tuner.measuring or self._tuner.chosen is None:
+                report["threads"] = self._model.backend.threads
+            return report
+        model = self._model
+        why = ("set in the config" if isinstance(self.config.threads, int)
+               else f"the {model.backend.delegate} delegate runs the model")
+        return {"mode": "fixed", "threads": model.backend.threads, "reason": why,
+                "preprocess": "inline" if self.capture.source.live else "capture thread"}
+
     # ----- helpers ----------------------------------------------------------------------------
 
     def _source_options(self, model: LoadedModel) -> SourceOptions:
@@ -216,8 +269,12 @@ class Pipeline:
         window = None
         if not model.spec.is_image:
             window = _window_for(c, model)
+        spec = model.spec
+        hw = model.bundle.profile.get("video_decoder")
         return SourceOptions(fps=c.fps, loop=c.loop, width=c.width, height=c.height,
-                             window=window, base_dir=c.base_dir)
+                             window=window, base_dir=c.base_dir,
+                             target=(spec.width, spec.height) if spec.is_image else None,
+                             decode=c.decode, hw_decoder=hw if isinstance(hw, str) else None)
 
     def _source_state(self, state: str, reason: str) -> None:
         self.source_state, self.source_reason = state, reason
@@ -233,6 +290,7 @@ class Pipeline:
                                         "sha256": model.bundle.sha256})
         self.metrics.set_info("delegate", model.backend.delegate)
         self.metrics.set_info("cpu_fallback", model.backend.fell_back)
+        self.metrics.set_info("threads", self.threads_status())
 
     def snapshot(self) -> dict[str, Any]:
         snap = self.metrics.snapshot()
@@ -245,7 +303,18 @@ class Pipeline:
         snap["results"] = self.results
         snap["paused"] = self.paused
         snap["source"] = {"state": self.source_state, "reason": self.source_reason}
+        snap["decode"] = self.decode_status()
         return snap
+
+
+def _tuner_for(config: PipelineConfig, model: LoadedModel) -> ThreadTuner | None:
+    """A tuner when the threads are left to measurement and the CPU runs the model."""
+    if isinstance(config.threads, int) or not model.retunable:
+        return None
+    candidates = layouts(cpu_count(), images=model.spec.is_image)
+    # The thread count the model was built with first: one interpreter fewer to build.
+    candidates.sort(key=lambda layout: layout.threads != model.backend.threads)
+    return ThreadTuner(candidates) if len(candidates) > 1 else None
 
 
 def _policy_settings(config: PipelineConfig) -> PolicySettings:

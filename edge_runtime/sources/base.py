@@ -42,7 +42,14 @@ class WindowSpec:
 
 @dataclass(slots=True)
 class SourceOptions:
-    """Settings a source may use. ``fps`` paces files; ``base_dir`` anchors relative paths."""
+    """Settings a source may use. ``fps`` paces files; ``base_dir`` anchors relative paths.
+
+    ``target`` is the model's input (width, height): JPEG frames are decoded at a reduced scale
+    when it is much smaller than the frame, and a camera without a requested size is asked for
+    the mode closest to it. ``decode`` is the config's choice (see ``PipelineConfig.decode``):
+    ``auto``, ``full`` (software, full scale), or a hardware H.264 decoder; ``hw_decoder`` is
+    the one the bundle's profile names for ``auto``.
+    """
 
     fps: float | None = None
     loop: bool = False
@@ -50,6 +57,9 @@ class SourceOptions:
     height: int | None = None
     window: WindowSpec | None = None
     base_dir: Path | None = None
+    target: tuple[int, int] | None = None
+    decode: str = "auto"
+    hw_decoder: str | None = None
 
     def __post_init__(self) -> None:
         if self.fps is not None and self.fps <= 0:
@@ -74,6 +84,8 @@ class Source(ABC):
     def __init__(self, options: SourceOptions | None = None) -> None:
         self.options = options or SourceOptions()
         self.unreadable = 0
+        # How frames are decoded, for status: the decoder, the JPEG scale, a fallback's reason.
+        self.decoding: dict[str, object] = {"decoder": "software"}
         self._next_index = 0
         self._interrupted = threading.Event()
 

@@ -11,6 +11,8 @@ import cv2
 
 from edge_runtime.frames import Frame
 from edge_runtime.sources.base import Source, SourceError, SourceOptions
+from edge_runtime.sources.decoders import fourcc
+from edge_runtime.sources.jpeg import JpegDecoder, is_jpeg, reduction
 
 _DEVICE_PATH = re.compile(r"^/dev/(video\d+|v4l/.+)$")
 
@@ -31,6 +33,7 @@ class CameraSource(Source):
         super().__init__(options)
         self.device = device
         self._capture: Any = None
+        self._jpeg: JpegDecoder | None = None
 
     @classmethod
     def from_spec(cls, spec: str, options: SourceOptions) -> CameraSource | None:
@@ -68,11 +71,46 @@ class CameraSource(Source):
         for prop, value in wanted.items():
             if value is not None:
                 capture.set(prop, float(value))
+        if self.options.width is None and self.options.height is None:
+            self._closest_mode(capture)
+        self._jpeg = self._raw_jpeg(capture)
+
+    def _closest_mode(self, capture: Any) -> None:
+        """Ask for the mode closest to the model's input (the driver picks the nearest it has);
+        keep the camera's own mode if the nearest is smaller than the input on a side."""
+        target = self.options.target
+        if target is None:
+            return
+        size = _size(capture)
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, float(target[0]))
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, float(target[1]))
+        got = _size(capture)
+        if got[0] < target[0] or got[1] < target[1]:
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, float(size[0]))
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, float(size[1]))
+            got = size
+        self.decoding["mode"] = f"{got[0]}x{got[1]}"
+
+    def _raw_jpeg(self, capture: Any) -> JpegDecoder | None:
+        """An MJPEG camera much larger than the model hands out its JPEG buffers, decoded here
+        at a reduced scale (the driver's own decoding is always full scale)."""
+        target = self.options.target
+        if target is None or self.options.decode == "full" or fourcc(capture) != "MJPG":
+            return None
+        if reduction(_size(capture), target) == 1:
+            return None
+        if not capture.set(cv2.CAP_PROP_CONVERT_RGB, 0.0):
+            return None
+        self.decoding["jpeg_scale"] = "reduced"
+        return JpegDecoder(target)
 
     def read(self) -> Frame | None:
         if self._capture is None:
             raise SourceError(f"camera {self.name}: not open")
         ok, image = self._capture.read()
+        if ok and image is not None and self._jpeg is not None and image.ndim < 3 \
+                and is_jpeg(image):
+            image = self._jpeg(image)
         if not ok or image is None:
             raise SourceError(f"camera {self.name}: read failed")
         return self._make_frame(image)
@@ -84,3 +122,8 @@ class CameraSource(Source):
 
     def describe(self) -> str:
         return f"camera {self.name}"
+
+
+def _size(capture: Any) -> tuple[int, int]:
+    return (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))

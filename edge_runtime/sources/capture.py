@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -143,6 +144,10 @@ class Capture:
         self._failures = 0
         self._degraded = False
 
+    def set_ahead(self, stage: FrameStage | None) -> None:
+        """Run ``stage`` on the capture thread from the next frame on (None: no stage)."""
+        self._ahead = stage
+
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("capture already started")
@@ -216,8 +221,13 @@ class Capture:
         try:
             self.source.open()
             while not self._stop.is_set():
+                start = time.perf_counter()
                 frame = self.source.read()
-                if frame is None or not self._deliver(frame):
+                if frame is None:
+                    return None
+                # What the source cost this thread per frame (decoding, or waiting for a camera).
+                frame.meta["read_ms"] = (time.perf_counter() - start) * 1e3
+                if not self._deliver(frame):
                     return None
             return None
         except SourceError as exc:
@@ -235,9 +245,10 @@ class Capture:
             self._degraded = False
             log.info("%s recovered", self.source.describe())
             self._notify("ok", f"{self.source.describe()}: recovered")
-        if self._ahead is not None:
+        ahead = self._ahead
+        if ahead is not None:
             try:
-                self._ahead(frame)
+                ahead(frame)
             except Exception:  # the consumer meets the same problem and reports it
                 log.debug("stage ahead of frame %s failed", frame.ref, exc_info=True)
         return self._handoff.put(frame)

@@ -15,6 +15,7 @@ import numpy as np
 
 from edge_runtime.frames import Frame
 from edge_runtime.sources.base import Pacer, Source, SourceError, SourceOptions, local_path
+from edge_runtime.sources.jpeg import JpegDecoder
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,19 @@ def label_for(relative: Path) -> str | None:
     return relative.parts[0] if len(relative.parts) > 1 else None
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """An image as OpenCV gives it (BGR, or gray for gray files), 8-bit; None if unreadable."""
+JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe"})
+
+
+def read_image(path: Path, jpeg: JpegDecoder | None = None) -> np.ndarray | None:
+    """An image as OpenCV gives it (BGR, or gray for gray files), 8-bit; None if unreadable.
+    A JPEG is decoded by ``jpeg`` when given (at a reduced scale where that pays)."""
+    if jpeg is not None and path.suffix.lower() in JPEG_SUFFIXES:
+        try:
+            decoded = jpeg(path.read_bytes())
+        except OSError:
+            return None
+        if decoded is not None:
+            return decoded
     image = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)
     if image is None or image.size == 0:
         return None
@@ -73,6 +85,7 @@ class ImageFolderSource(Source):
         self._bad: set[Path] = set()
         self._position = 0
         self._delivered_this_pass = False
+        self._jpeg = JpegDecoder(self.options.target, full=self.options.decode == "full")
 
     @classmethod
     def from_spec(cls, spec: str, options: SourceOptions) -> ImageFolderSource | None:
@@ -102,13 +115,14 @@ class ImageFolderSource(Source):
             path = self._next_path()
             if path is None:
                 return None
-            image = read_image(path)
+            image = read_image(path, self._jpeg)
             if image is None:
                 self._skip(path)
                 continue
             if not self._pacer.wait():
                 return None
             self._delivered_this_pass = True
+            self.decoding["jpeg_scale"] = f"1/{self._jpeg.factor}"
             relative = path.relative_to(self.root)
             return self._make_frame(image, ref=relative.as_posix(), label=label_for(relative))
 

@@ -11,6 +11,8 @@ import cv2
 from edge_runtime.frames import Frame
 from edge_runtime.redact import redact
 from edge_runtime.sources.base import Pacer, Source, SourceError, SourceOptions, local_path
+from edge_runtime.sources.decoders import open_capture
+from edge_runtime.sources.jpeg import JpegDecoder
 
 VIDEO_SUFFIXES = frozenset({
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
@@ -22,6 +24,15 @@ STREAM_TIMEOUT_MS = 10_000
 
 def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _read(capture: Any, jpeg: JpegDecoder | None) -> tuple[bool, Any]:
+    """The next frame; an MJPEG packet is decoded by ``jpeg`` (at a reduced scale)."""
+    ok, data = capture.read()
+    if not ok or jpeg is None or data is None:
+        return ok, data
+    image = jpeg(data)
+    return image is not None, image
 
 
 def _release(capture: Any) -> None:
@@ -40,6 +51,7 @@ class VideoFileSource(Source):
         self.live = self.options.fps is not None
         self._pacer = Pacer(self.options.fps, self._interrupted)
         self._capture: Any = None
+        self._jpeg: JpegDecoder | None = None
         self._position = 0
 
     @classmethod
@@ -51,7 +63,8 @@ class VideoFileSource(Source):
         self.close()
         if not self.path.is_file():
             raise SourceError(f"video {self.path} not found")
-        capture = cv2.VideoCapture(str(self.path))
+        capture, self._jpeg = open_capture(str(self.path), self.options, self.decoding,
+                                           self.describe())
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"video {self.path}: cannot open (not a video OpenCV can decode)")
@@ -61,10 +74,10 @@ class VideoFileSource(Source):
     def read(self) -> Frame | None:
         if self._capture is None:
             return None
-        ok, image = self._capture.read()
+        ok, image = _read(self._capture, self._jpeg)
         if not ok and self.options.loop and self._position > 0:
             self.open()
-            ok, image = self._capture.read()
+            ok, image = _read(self._capture, self._jpeg)
         if not ok or image is None:
             return None
         if not self._pacer.wait():
@@ -91,6 +104,7 @@ class StreamSource(Source):
         super().__init__(options)
         self.url = url
         self._capture: Any = None
+        self._jpeg: JpegDecoder | None = None
 
     @classmethod
     def from_spec(cls, spec: str, options: SourceOptions) -> StreamSource | None:
@@ -104,7 +118,8 @@ class StreamSource(Source):
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-        capture = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+        capture, self._jpeg = open_capture(self.url, self.options, self.decoding,
+                                           self.describe(), params)
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"{self.describe()}: cannot open")
@@ -114,7 +129,7 @@ class StreamSource(Source):
     def read(self) -> Frame | None:
         if self._capture is None:
             raise SourceError(f"{self.describe()}: not open")
-        ok, image = self._capture.read()
+        ok, image = _read(self._capture, self._jpeg)
         if not ok or image is None:
             raise SourceError(f"{self.describe()}: stream ended or stalled")
         return self._make_frame(image)

@@ -165,6 +165,24 @@ def test_a_final_metrics_message_sums_the_run_up(folder_run: Run, digits: Path) 
     assert pipeline["model"]["sha256"] == folder_run.results[0]["model"]["sha256"]
 
 
+def test_threads_are_chosen_by_measurement_and_status_says_so(folder_run: Run) -> None:
+    threads = folder_run.metrics[-1]["pipelines"]["default"]["threads"]
+    assert threads["mode"] == "auto"
+    assert isinstance(threads["threads"], int) and threads["threads"] >= 1
+    assert isinstance(threads["reason"], str) and threads["reason"]
+    online = [s for s in folder_run.statuses if s["state"] == "online"]
+    assert online[-1]["pipelines"]["default"]["threads"]["mode"] == "auto"
+
+
+def test_an_explicit_thread_count_wins(broker: Mosquitto, digits: Path, digits_bundle: Path,
+                                       tmp_path: Path) -> None:
+    run = run_to_end(broker, tmp_path, digits_bundle, digits / "images" / "val",
+                     "--threads", "1", "--max-frames", "20", expect=20)
+    threads = run.metrics[-1]["pipelines"]["default"]["threads"]
+    assert threads == {"mode": "fixed", "threads": 1, "reason": "set in the config",
+                       "preprocess": "capture thread"}
+
+
 # ----- other sources and model forms ---------------------------------------------------------
 
 

@@ -108,6 +108,29 @@ def camera(digits: Path, digits_bundle: Path) -> Iterator[MjpegCamera]:
     cam.stop()
 
 
+@pytest.fixture
+def large_camera(digits: Path, digits_bundle: Path) -> Iterator[MjpegCamera]:
+    """Threes enlarged to 224x224, eight times the model's input: its frames are decoded at a
+    reduced scale. Only frames the bundle reads as threes both ways are served."""
+    from edge_runtime.sources.jpeg import JpegDecoder
+
+    model = open_model(digits_bundle, threads=1)
+    reduced = JpegDecoder((model.spec.width, model.spec.height))
+    frames = []
+    for path in sorted((digits / "images" / "val" / LABEL).glob("*.png")):
+        big = cv2.resize(cv2.imread(str(path)), (224, 224), interpolation=cv2.INTER_CUBIC)
+        jpeg = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
+        both = [model.run(image)[0].top_label
+                for image in (cv2.imdecode(jpeg, cv2.IMREAD_COLOR), reduced(jpeg.tobytes()))]
+        if both == [LABEL, LABEL]:
+            frames.append(jpeg.tobytes())
+    model.close()
+    assert len(frames) >= 5, "too few threes to make a camera of"
+    cam = MjpegCamera(frames[:12], free_port()).start()
+    yield cam
+    cam.stop()
+
+
 def statuses(sub: Subscriber, device: str) -> list[dict[str, Any]]:
     return [m.json() for m in sub.messages(status_topic(device))]
 
@@ -172,3 +195,22 @@ def test_a_camera_missing_at_start_is_retried_and_the_daemon_stays_up(
             time.sleep(1.5)  # several back-off periods: still up, still retrying
             assert daemon.alive, daemon.tail()
             assert daemon.terminate() == 0, daemon.tail()
+
+
+def test_a_large_mjpeg_stream_is_decoded_at_a_reduced_scale(
+        broker: Mosquitto, digits_bundle: Path, large_camera: MjpegCamera, tmp_path: Path) -> None:
+    device, count = new_device("mjpeg-large"), 10
+    with Subscriber(broker, f"edge/{device}/#") as sub:
+        daemon = DaemonProcess(run_args(digits_bundle, large_camera.url, broker_url=broker.url,
+                                        device=device, state_dir=tmp_path / "state",
+                                        extra=["--max-frames", str(count)]), tmp_path)
+        with daemon:
+            assert daemon.wait(60) == 0, daemon.tail()
+        assert sub.wait_for(count, 10, result_topic(device)), daemon.tail()
+        got = results(sub, device)
+        online = [s for s in statuses(sub, device) if s.get("state") == "online"]
+        metrics = [m.json() for m in sub.messages(f"edge/{device}/metrics")]
+    assert [top_label(r) for r in got] == [LABEL] * count
+    assert online and online[-1]["pipelines"]["default"]["decode"]["jpeg_scale"] == "reduced"
+    assert metrics[-1]["pipelines"]["default"]["decode"] == {"decoder": "software",
+                                                             "jpeg_scale": "reduced"}
