@@ -35,6 +35,7 @@ from support.daemon import (
 from support.mosquitto import publish_once
 
 from edge_runtime.publish.outbox import Outbox
+from edge_runtime.publish.payloads import FrameInfo, ModelInfo, ResultMessage, Timing
 
 SECRET = "hunter2-x7"
 CAMERA_SECRET = "camera-pw-9q"
@@ -228,9 +229,10 @@ def test_watch_and_deploy_connect_with_a_client_certificate(
     tls = broker.tls_files
     assert tls is not None
     device = new_device("cert")
-    publish_once(broker, result_topic(device),
-                 json.dumps({"device": device, "pipeline": "default", "seq": 1}).encode(),
-                 retain=True)
+    result = ResultMessage(device=device, pipeline="default", seq=1, ts=1.0,
+                           model=ModelInfo("m", "1", "0" * 64), frame=FrameInfo(0, "0", 1.0),
+                           task="raw", output={"outputs": []}, timing_ms=Timing(0, 0, 0, 0))
+    publish_once(broker, result_topic(device), result.to_json(), retain=True)
     certificate = ["--mqtt-ca", str(tls.ca_file), "--mqtt-cert", str(tls.client_cert_file),
                    "--mqtt-key", str(tls.client_key_file)]
 
