@@ -19,6 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from converters.tfjob import JobError
+from converters.tfjob import one_line as _one_line
+from converters.tfjob import progress as _progress
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
@@ -27,19 +31,6 @@ os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 UNSUPPORTED_OPS = re.compile(r"^(?:TF Select|Custom) ops: (.+)$", re.MULTILINE)
 WRAPPER = "edge_batch1"
 
-
-class JobError(Exception):
-    """A failure worth one line to the user."""
-
-
-def _progress(label: str, done: int, total: int) -> None:
-    if not os.environ.get("EDGE_PROGRESS_TTY") and done < total and done % max(1, total // 4):
-        return
-    width = 30
-    filled = int(width * done / max(1, total))
-    end = "\n" if done >= total else ""
-    sys.stderr.write(f"\r  {label:<22} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
-    sys.stderr.flush()
 
 
 def load_model(path: Path) -> tuple[str, Any]:
@@ -235,17 +226,21 @@ def _versions() -> dict[str, str]:
     return {"tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    for marker in ("error: ", "Error: "):
-        if marker in text and len(text) > 200:
-            text = text[text.index(marker):]
-    return (text[:300] + "…") if len(text) > 300 else (text or type(exc).__name__)
+def _optimize(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Training jobs live in ``converters.optimize``; imported only when one is asked for."""
+
+    def run(job: dict[str, Any]) -> dict[str, Any]:
+        from converters.optimize.jobs import JOBS as OPTIMIZE_JOBS
+
+        return OPTIMIZE_JOBS[name](job)
+
+    return run
 
 
 JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "inspect": job_inspect,
     "quantize": job_quantize,
+    **{name: _optimize(name) for name in ("prune", "qat", "distill")},
 }
 
 
