@@ -80,12 +80,24 @@ def profiles(as_json: bool) -> None:
 @click.option("--allow-poor-calibration", is_flag=True,
               help="Convert even when the calibration data looks degenerate.")
 @click.option("--recover", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="Keep the worst layers in float when accuracy drops (not for Edge TPU).")
+              help="Keep the worst layers in float when accuracy drops; on Edge TPU, with "
+                   "--train, try quantization-aware training instead.")
+@click.option("--train", type=click.Path(path_type=Path),
+              help="Labelled data to fine-tune on (same formats as --calibration).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs (default: 4 pruning, 2 QAT).")
+@click.option("--prune", type=float, metavar="SPARSITY",
+              help="Magnitude-prune to this sparsity (0-1), fine-tuned on --train.")
+@click.option("--prune-block", type=int, default=4, show_default=True,
+              help="Prune neighbouring input weights in blocks of N (1: unstructured).")
+@click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning on --train, then a "
+                                          "fully integer model.")
 def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
             validation: Path | None, labels: Path | None, name: str | None, version_: str,
             input_mean: tuple[float, ...] | None, input_std: tuple[float, ...] | None,
             color: str | None, resize: str, task: str | None, max_accuracy_drop: float,
-            samples: int, out: Path, allow_poor_calibration: bool, recover: str) -> None:
+            samples: int, out: Path, allow_poor_calibration: bool, recover: str,
+            train: Path | None, epochs: int | None, prune: float | None, prune_block: int,
+            qat: bool) -> None:
     """Convert MODEL (.keras, .h5 or SavedModel dir) into one bundle per profile."""
     from .convert import ConvertOptions
     from .convert import convert as run_convert
@@ -96,6 +108,7 @@ def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
         labels=labels, name=name, version=version_, input_mean=input_mean, input_std=input_std,
         color=color, resize=resize, task=task, max_accuracy_drop=max_accuracy_drop,
         samples=samples, out=out, allow_poor_calibration=allow_poor_calibration, recover=recover,
+        train=train, epochs=epochs, prune=prune, prune_block=prune_block, qat=qat,
     )
     created_out = not out.exists()
     try:

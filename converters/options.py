@@ -33,6 +33,9 @@ class ConvertOptions:
     train: Path | None = None
     epochs: int | None = None
     prune: float | None = None
+    # Zeros in runs of this many neighbouring input weights (the order TFLite stores them):
+    # gzip packs runs far better than scattered zeros (digits, 50%: ×0.64 against ×0.72).
+    prune_block: int = 4
     qat: bool = False
     # The float model accuracy, agreement and the gate are measured against: the model itself
     # unless a sweep converts a student of it.

@@ -48,6 +48,8 @@ def check_request(opts: ConvertOptions, profiles: list[Profile]) -> None:
     if (opts.prune is not None or opts.qat) and opts.train is None:
         raise ConvertError(f"{'--prune' if opts.prune is not None else '--qat'} needs labelled "
                            "training data: give --train PATH")
+    if opts.prune_block < 1:
+        raise ConvertError("--prune-block must be at least 1")
     if opts.epochs is not None and opts.epochs < 1:
         raise ConvertError("--epochs must be at least 1")
     if opts.qat:
@@ -82,10 +84,11 @@ def _prune(opts: ConvertOptions, prep: Prepared, opt: Optimized, log: Log) -> Pa
     result = run_job({"job": "prune", "model": str(opts.model.resolve()), "out": str(out),
                       "train": str(training_arrays(opts, prep, log)),
                       "evaluation": _optional(evaluation_arrays(prep)),
-                      "sparsity": opts.prune, "epochs": epochs, "from_logits": prep.softmax},
+                      "sparsity": opts.prune, "epochs": epochs, "from_logits": prep.softmax,
+                      "block": opts.prune_block},
                      prep.work, f"prune-{round(opts.prune * 100)}")
     opt.record["pruning"] = {"target": opts.prune, "achieved": result["achieved"],
-                             "epochs": epochs}
+                             "epochs": epochs, "block": opts.prune_block}
     opt.details["pruning"] = result
     log(f"  sparsity achieved {result['achieved']:.1%} over {len(result['layers'])} layer(s); "
         f"float accuracy {_pct(result.get('accuracy_before'))} → "

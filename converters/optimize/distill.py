@@ -1,0 +1,145 @@
+"""Knowledge distillation in Keras 3 (child process).
+
+The teacher runs once over the training data; its outputs, softened by the temperature, become
+targets beside the hard labels: loss = alpha · CE(labels) + (1 − alpha) · T² · KL(teacher_T ‖
+student_T) (Hinton et al.; the T² keeps the soft term's gradients on the hard term's scale).
+Teachers and students ending in softmax are handled through log-probabilities, which equal the
+logits up to a constant that the softmax cancels. The same student architecture, from the same
+initial weights, is also trained on the labels alone, so the figures say what the teacher added.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..tfjob import JobError
+from .narrow import narrower
+from .training import (
+    BATCH_SIZE,
+    epoch_bar,
+    refresh_batchnorm,
+    require_arrays,
+    set_seed,
+    steps_per_epoch,
+)
+
+LEARNING_RATE = 1e-3
+EPSILON = 1e-7
+
+
+def _logits(outputs: np.ndarray, from_logits: bool) -> np.ndarray:
+    return outputs if from_logits else np.log(np.clip(outputs, EPSILON, 1.0))
+
+
+def _ends_in_probabilities(model: Any, x: np.ndarray) -> bool:
+    out = np.asarray(model.predict(x[:32], verbose=0))
+    return bool(np.all(out >= -1e-4) and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+
+def distillation_loss(classes: int, temperature: float, alpha: float, from_logits: bool) -> Any:
+    from keras import ops
+
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        hard, teacher = y_true[:, :classes], y_true[:, classes:]
+        student = y_pred if from_logits else ops.log(ops.clip(y_pred, EPSILON, 1.0))
+        soft_teacher = ops.softmax(teacher / temperature, axis=-1)
+        log_soft_student = ops.log_softmax(student / temperature, axis=-1)
+        kl = ops.sum(soft_teacher * (ops.log(soft_teacher + EPSILON) - log_soft_student), axis=-1)
+        ce = -ops.sum(hard * ops.log_softmax(student, axis=-1), axis=-1)
+        return alpha * ce + (1.0 - alpha) * temperature ** 2 * kl
+
+    return loss
+
+
+def label_accuracy(classes: int) -> Any:
+    from keras import ops
+
+    def accuracy(y_true: Any, y_pred: Any) -> Any:
+        return ops.cast(ops.equal(ops.argmax(y_true[:, :classes], axis=-1),
+                                  ops.argmax(y_pred, axis=-1)), "float32")
+
+    accuracy.__name__ = "label_accuracy"
+    return accuracy
+
+
+def _fit(student: Any, x: np.ndarray, targets: np.ndarray, loss: Any, metric: Any,
+         epochs: int, label: str) -> None:
+    import keras
+
+    student.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=loss, metrics=[metric])
+    steps = steps_per_epoch(len(x))
+    student.fit(x, targets, batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0,
+                callbacks=[epoch_bar(keras.callbacks.Callback, label, epochs, steps)])
+    refresh_batchnorm(student, x)
+
+
+def _student(job: dict[str, Any], teacher: Any) -> Any:
+    from ..child import load_model
+
+    if job.get("student"):
+        kind, student = load_model(Path(job["student"]))
+        if kind != "keras":
+            raise JobError("--student must be a Keras model file (.keras or .h5)")
+        for what, a, b in (("input", student.inputs, teacher.inputs),
+                           ("output", student.outputs, teacher.outputs)):
+            if len(a) != 1 or list(a[0].shape[1:]) != list(b[0].shape[1:]):
+                raise JobError(f"the student's {what} shape {[list(t.shape) for t in a]} differs "
+                               f"from the teacher's {[list(t.shape) for t in b]}")
+        return student
+    return narrower(teacher, float(job["width"]))
+
+
+def _file_size(model: Any) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.keras"
+        model.save(path)
+        return path.stat().st_size
+
+
+def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    return round(float(np.mean(np.asarray(model.predict(x, batch_size=256, verbose=0))
+                               .argmax(axis=1) == y)), 5)
+
+
+def job_distill(job: dict[str, Any]) -> dict[str, Any]:
+    import keras
+
+    from ..child import load_model
+
+    set_seed()
+    kind, teacher = load_model(Path(job["teacher"]))
+    if kind != "keras":
+        raise JobError("the teacher must be a Keras model file (.keras or .h5)")
+    x, y = require_arrays(job["train"], "training")
+    xv, yv = require_arrays(job["validation"], "validation")
+    teacher_logits = bool(job["from_logits"])
+    classes = int(teacher.outputs[0].shape[-1])
+    soft = _logits(np.asarray(teacher.predict(x, batch_size=256, verbose=0)), teacher_logits)
+    student = _student(job, teacher)
+    student_logits = not _ends_in_probabilities(student, x)
+    initial = [np.asarray(w) for w in student.get_weights()]
+    baseline = keras.models.clone_model(student)
+    baseline.set_weights(initial)
+    epochs = int(job["epochs"])
+    hard = np.eye(classes, dtype=np.float32)[y]
+    metric = label_accuracy(classes)
+    _fit(student, x, np.concatenate([hard, soft], axis=1),
+         distillation_loss(classes, float(job["temperature"]), float(job["alpha"]),
+                           student_logits), metric, epochs, "distilling, epoch")
+    _fit(baseline, x, np.concatenate([hard, np.zeros_like(soft)], axis=1),
+         distillation_loss(classes, 1.0, 1.0, student_logits), metric, epochs,
+         "labels only, epoch")
+    student.save(job["out"])
+    return {
+        "teacher": {"params": int(teacher.count_params()), "size_bytes": _file_size(teacher),
+                    "accuracy": _accuracy(teacher, xv, yv)},
+        "student": {"params": int(student.count_params()),
+                    "size_bytes": Path(job["out"]).stat().st_size,
+                    "accuracy": _accuracy(student, xv, yv), "name": student.name},
+        "label_only": {"accuracy": _accuracy(baseline, xv, yv)},
+        "epochs": epochs,
+    }
