@@ -125,6 +125,43 @@ def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
 
 
 @cli.command()
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.option("--student", type=click.Path(path_type=Path),
+              help="A Keras model with the teacher's input and output shapes.")
+@click.option("--student-width", type=float, metavar="F",
+              help="Derive the student from the teacher: filters and units × F.")
+@click.option("--train", required=True, type=click.Path(path_type=Path),
+              help="Labelled training data (image folder with class sub-folders, or .npz).")
+@click.option("--validation", required=True, type=click.Path(path_type=Path),
+              help="Labelled data the accuracies are measured on.")
+@click.option("--labels", type=click.Path(path_type=Path), help="labels.txt, one per line.")
+@click.option("--input-mean", callback=_floats, help="Mean subtracted from pixels.")
+@click.option("--input-std", callback=_floats, help="Std dividing pixels.")
+@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]))
+@click.option("--temperature", type=float, default=2.0, show_default=True,
+              help="Softens the teacher's outputs.")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="Weight of the hard labels (the teacher's soft outputs get 1 - alpha).")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="FILE.keras")
+def distill(teacher: Path, student: Path | None, student_width: float | None, train: Path,
+            validation: Path, labels: Path | None, input_mean: tuple[float, ...] | None,
+            input_std: tuple[float, ...] | None, color: str | None, temperature: float,
+            alpha: float, epochs: int, out: Path) -> None:
+    """Train a smaller student from TEACHER's softened outputs and the labels."""
+    from .optimize.distill_cmd import DistillOptions, distill_table
+    from .optimize.distill_cmd import distill as run_distill
+
+    record = run_distill(DistillOptions(
+        teacher=teacher, student=student, width=student_width, train=train,
+        validation=validation, out=out, labels=labels, input_mean=input_mean,
+        input_std=input_std, color=color, temperature=temperature, alpha=alpha, epochs=epochs,
+    ), log=lambda m: click.echo(m, err=True))
+    click.echo(distill_table(record))
+    click.echo(f"student written to {out}")
+
+
+@cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Labelled image folder or .npz to check against.")

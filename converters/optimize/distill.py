@@ -6,6 +6,12 @@ student_T) (Hinton et al.; the T² keeps the soft term's gradients on the hard t
 Teachers and students ending in softmax are handled through log-probabilities, which equal the
 logits up to a constant that the softmax cancels. The same student architecture, from the same
 initial weights, is also trained on the labels alone, so the figures say what the teacher added.
+
+Each epoch both students also see mixup pairs of the training inputs (any input kind, images or
+sensor windows): the distilled one with the teacher's outputs on the mixed inputs, the other with
+the mixed labels. On small sets the teacher, already right on every training sample, teaches
+little beyond the labels; on inputs between the samples it shows how it generalises ("function
+matching"). Digits, half width: 95.0% distilled against 96.1% on labels alone without mixup.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..tfjob import JobError
+from ..tfjob import JobError, progress
 from .narrow import narrower
 from .training import (
     BATCH_SIZE,
@@ -28,6 +34,7 @@ from .training import (
 )
 
 LEARNING_RATE = 1e-3
+MIXUP_ALPHA = 0.4
 EPSILON = 1e-7
 
 
@@ -66,15 +73,28 @@ def label_accuracy(classes: int) -> Any:
     return accuracy
 
 
-def _fit(student: Any, x: np.ndarray, targets: np.ndarray, loss: Any, metric: Any,
-         epochs: int, label: str) -> None:
+def mixup(x: np.ndarray, hard: np.ndarray, rng: np.random.Generator,
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The samples plus as many mixed pairs; labels mixed alike."""
+    pairs = rng.permutation(len(x))
+    lam = rng.beta(MIXUP_ALPHA, MIXUP_ALPHA, size=len(x)).astype(np.float32)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    mixed = lam.reshape(shape) * x + (1 - lam.reshape(shape)) * x[pairs]
+    labels = lam[:, None] * hard + (1 - lam[:, None]) * hard[pairs]
+    return np.concatenate([x, mixed]), np.concatenate([hard, labels])
+
+
+def _fit(student: Any, epochs: list[tuple[np.ndarray, np.ndarray]], loss: Any, metric: Any,
+         label: str) -> None:
     import keras
 
     student.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=loss, metrics=[metric])
-    steps = steps_per_epoch(len(x))
-    student.fit(x, targets, batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0,
-                callbacks=[epoch_bar(keras.callbacks.Callback, label, epochs, steps)])
-    refresh_batchnorm(student, x)
+    bar = epoch_bar(keras.callbacks.Callback, label, len(epochs),
+                    steps_per_epoch(len(epochs[0][0])))
+    for epoch, (x, targets) in enumerate(epochs):
+        student.fit(x, targets, batch_size=BATCH_SIZE, initial_epoch=epoch, epochs=epoch + 1,
+                    shuffle=True, verbose=0, callbacks=[bar])
+    refresh_batchnorm(student, epochs[0][0])
 
 
 def _student(job: dict[str, Any], teacher: Any) -> Any:
@@ -118,21 +138,31 @@ def job_distill(job: dict[str, Any]) -> dict[str, Any]:
     xv, yv = require_arrays(job["validation"], "validation")
     teacher_logits = bool(job["from_logits"])
     classes = int(teacher.outputs[0].shape[-1])
-    soft = _logits(np.asarray(teacher.predict(x, batch_size=256, verbose=0)), teacher_logits)
     student = _student(job, teacher)
     student_logits = not _ends_in_probabilities(student, x)
-    initial = [np.asarray(w) for w in student.get_weights()]
     baseline = keras.models.clone_model(student)
-    baseline.set_weights(initial)
-    epochs = int(job["epochs"])
+    baseline.set_weights([np.asarray(w) for w in student.get_weights()])
+    clean = keras.models.clone_model(student)  # saved without the optimizer's state
+    rng = np.random.default_rng(0)
     hard = np.eye(classes, dtype=np.float32)[y]
+    epochs = [mixup(x, hard, rng) for _ in range(int(job["epochs"]))]
+    progress("teacher on mixed inputs", 0, len(epochs))
+    taught = []
+    for i, (inputs, labels) in enumerate(epochs):
+        soft = _logits(np.asarray(teacher.predict(inputs, batch_size=256, verbose=0)),
+                       teacher_logits)
+        taught.append((inputs, np.concatenate([labels, soft], axis=1)))
+        progress("teacher on mixed inputs", i + 1, len(epochs))
     metric = label_accuracy(classes)
-    _fit(student, x, np.concatenate([hard, soft], axis=1),
-         distillation_loss(classes, float(job["temperature"]), float(job["alpha"]),
-                           student_logits), metric, epochs, "distilling, epoch")
-    _fit(baseline, x, np.concatenate([hard, np.zeros_like(soft)], axis=1),
-         distillation_loss(classes, 1.0, 1.0, student_logits), metric, epochs,
+    _fit(student, taught, distillation_loss(classes, float(job["temperature"]),
+                                            float(job["alpha"]), student_logits),
+         metric, "distilling, epoch")
+    plain = [(inputs, np.concatenate([labels, np.zeros_like(labels)], axis=1))
+             for inputs, labels in epochs]
+    _fit(baseline, plain, distillation_loss(classes, 1.0, 1.0, student_logits), metric,
          "labels only, epoch")
+    clean.set_weights(student.get_weights())
+    student = clean
     student.save(job["out"])
     return {
         "teacher": {"params": int(teacher.count_params()), "size_bytes": _file_size(teacher),
@@ -141,5 +171,5 @@ def job_distill(job: dict[str, Any]) -> dict[str, Any]:
                     "size_bytes": Path(job["out"]).stat().st_size,
                     "accuracy": _accuracy(student, xv, yv), "name": student.name},
         "label_only": {"accuracy": _accuracy(baseline, xv, yv)},
-        "epochs": epochs,
+        "epochs": len(epochs),
     }
