@@ -161,6 +161,59 @@ def distill(teacher: Path, student: Path | None, student_width: float | None, tr
     click.echo(f"student written to {out}")
 
 
+def _levels(_ctx: click.Context, _param: click.Parameter, value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()] if value else []
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of sparsities"
+                                 ) from None
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", required=True, help="Device profile name or YAML file.")
+@click.option("--train", required=True, type=click.Path(path_type=Path),
+              help="Labelled training data (also the calibration data unless --calibration).")
+@click.option("--validation", required=True, type=click.Path(path_type=Path),
+              help="Labelled data every variant is measured and gated on.")
+@click.option("--calibration", type=click.Path(path_type=Path), help="Calibration data.")
+@click.option("--labels", type=click.Path(path_type=Path), help="labels.txt, one per line.")
+@click.option("--name", help="Bundle name prefix (default: the model file name).")
+@click.option("--input-mean", callback=_floats, help="Mean subtracted from pixels.")
+@click.option("--input-std", callback=_floats, help="Std dividing pixels.")
+@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]))
+@click.option("--prune", "prune_levels", default="0.5,0.75", show_default=True,
+              callback=_levels, help="Sparsities to try, comma-separated ('' for none).")
+@click.option("--qat", is_flag=True, help="Also try quantization-aware training.")
+@click.option("--distill-width", type=float, metavar="F",
+              help="Also distil a student at this width and try its variants.")
+@click.option("--student", type=click.Path(path_type=Path),
+              help="A student made by `edge-convert distill`, instead of --distill-width.")
+@click.option("--epochs", type=int, help="Fine-tuning epochs for pruning and QAT.")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("sweep"), show_default=True)
+def sweep(model: Path, profile: str, train: Path, validation: Path, calibration: Path | None,
+          labels: Path | None, name: str | None, input_mean: tuple[float, ...] | None,
+          input_std: tuple[float, ...] | None, color: str | None, prune_levels: list[float],
+          qat: bool, distill_width: float | None, student: Path | None, epochs: int | None,
+          max_accuracy_drop: float, out: Path) -> None:
+    """Convert MODEL's optimization variants for one profile and recommend one."""
+    from .optimize.sweep import SweepOptions, sweep_table
+    from .optimize.sweep import sweep as run_sweep
+
+    result = run_sweep(SweepOptions(
+        model=model, profile=profile, train=train, validation=validation, out=out,
+        calibration=calibration, labels=labels, name=name, input_mean=input_mean,
+        input_std=input_std, color=color, prune=prune_levels, qat=qat,
+        distill_width=distill_width, student=student, epochs=epochs,
+        max_accuracy_drop=max_accuracy_drop), log=lambda m: click.echo(m, err=True))
+    click.echo(sweep_table(result))
+    click.echo(f"report: {out / 'sweep.html'}")
+    if result["recommended"] is None:
+        _err("no variant passed the accuracy gate")
+        sys.exit(3)
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
