@@ -18,7 +18,7 @@ from ..jobs import run_job
 from ..options import ConvertOptions, Log
 from ..prepare import Prepared, check_model_file, prepare, read_label_file
 from .provenance import write_provenance
-from .trainset import evaluation_arrays, training_arrays
+from .trainset import check_labelled, evaluation_arrays, training_arrays
 
 DEFAULT_EPOCHS = 15
 
@@ -56,6 +56,7 @@ def check(opts: DistillOptions) -> None:
         raise ConvertError(f"--out {opts.out}: the student is written as a .keras file")
     if opts.student is not None:
         check_model_file(opts.student)
+    check_labelled(opts.train)
 
 
 def distill(opts: DistillOptions, log: Log = print) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ..prepare import Prepared
 from ..profiles import Profile
 from ..verify import Comparison, ModelRun, compare, run_model
 from .provenance import distilled_from
-from .trainset import evaluation_arrays, training_arrays
+from .trainset import check_labelled, evaluation_arrays, training_arrays
 
 DEFAULT_EPOCHS = {"prune": 4, "qat": 2}
 SPARSITY_NOTE = ("sparse weights shrink the model only under compression (see the gzip size); "
@@ -48,6 +48,8 @@ def check_request(opts: ConvertOptions, profiles: list[Profile]) -> None:
     if (opts.prune is not None or opts.qat) and opts.train is None:
         raise ConvertError(f"{'--prune' if opts.prune is not None else '--qat'} needs labelled "
                            "training data: give --train PATH")
+    if opts.train is not None:
+        check_labelled(opts.train)
     if opts.prune_block < 1:
         raise ConvertError("--prune-block must be at least 1")
     if opts.epochs is not None and opts.epochs < 1:

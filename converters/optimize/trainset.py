@@ -9,10 +9,31 @@ import numpy as np
 
 from edge_runtime.preprocess import InputSpec
 
-from ..data import Dataset, load_dataset
+from ..data import IMAGE_SUFFIXES, Dataset, load_dataset
 from ..errors import ConvertError
 from ..options import ConvertOptions, Log
 from ..prepare import Prepared, check_data, progress_batch
+
+
+def check_labelled(path: Path) -> None:
+    """Refuse training data that cannot carry labels, before any model is loaded."""
+    if not path.exists():
+        raise ConvertError(f"training data {path} does not exist")
+    if path.is_dir():
+        labelled = any(p.is_dir() and not p.name.startswith(".") and
+                       any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())
+                       for p in path.iterdir())
+    elif path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                labelled = "y" in npz.files
+        except Exception as exc:
+            raise ConvertError(f"training data {path}: cannot read .npz ({exc})") from None
+    else:
+        labelled = False
+    if not labelled:
+        raise ConvertError(f"training data {path} has no labels: use class sub-folders or an "
+                           ".npz with x and y")
 
 
 def training_arrays(opts: ConvertOptions, prep: Prepared, log: Log) -> Path:
