@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class BundleParts:
     float_tensors: list[str]
     conversion_s: float
     eval_basis: str
+    optimization: dict[str, Any] | None = None         # the manifest's record (SPEC §8)
+    optimization_report: dict[str, Any] | None = None  # what it did, for the report
 
 
 def write_bundle(parts: BundleParts, out: Path, log: Any = print) -> tuple[Path, dict[str, Any]]:
@@ -116,6 +119,7 @@ def build_manifest(parts: BundleParts, model: Path, extra: dict[str, Any]) -> di
             "samples": cmp.samples,
             "evaluated_on": parts.eval_basis,
             "size_bytes": model.stat().st_size,
+            "gzip_bytes": gzip_size(model),
             "float_size_bytes": f.size_bytes,
             "host_latency_ms": {"float": round(parts.float_latency_ms, 4),
                                 "int8": round(q.latency_ms, 4)},
@@ -127,8 +131,16 @@ def build_manifest(parts: BundleParts, model: Path, extra: dict[str, Any]) -> di
         "reference_stats": parts.reference_stats,
         "gate": parts.gate,
         "recovery": parts.recovery,
+        "optimization": parts.optimization or {"pruning": None, "qat": False,
+                                               "distilled_from": None},
         **extra,
     }
+
+
+def gzip_size(path: Path) -> int:
+    """Sparse int8 weights shrink only under compression: what a packed bundle or an
+    over-the-air download carries."""
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
 
 
 def _outputs(model: Path) -> list[dict[str, Any]]:

@@ -82,12 +82,24 @@ def profiles(as_json: bool) -> None:
 @click.option("--allow-poor-calibration", is_flag=True,
               help="Convert even when the calibration data looks degenerate.")
 @click.option("--recover", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="Keep the worst layers in float when accuracy drops (not for Edge TPU).")
+              help="Keep the worst layers in float when accuracy drops; on Edge TPU, with "
+                   "--train, try quantization-aware training instead.")
+@click.option("--train", type=click.Path(path_type=Path),
+              help="Labelled data to fine-tune on (same formats as --calibration).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs (default: 4 pruning, 2 QAT).")
+@click.option("--prune", type=float, metavar="SPARSITY",
+              help="Magnitude-prune to this sparsity (0-1), fine-tuned on --train.")
+@click.option("--prune-block", type=int, default=4, show_default=True,
+              help="Prune neighbouring input weights in blocks of N (1: unstructured).")
+@click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning on --train, then a "
+                                          "fully integer model.")
 def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
             validation: Path | None, labels: Path | None, name: str | None, version_: str,
             input_mean: tuple[float, ...] | None, input_std: tuple[float, ...] | None,
             color: str | None, resize: str, task: str | None, max_accuracy_drop: float,
-            samples: int, out: Path, allow_poor_calibration: bool, recover: str) -> None:
+            samples: int, out: Path, allow_poor_calibration: bool, recover: str,
+            train: Path | None, epochs: int | None, prune: float | None, prune_block: int,
+            qat: bool) -> None:
     """Convert MODEL (.keras, .h5 or SavedModel dir) into one bundle per profile."""
     from .convert import ConvertOptions
     from .convert import convert as run_convert
@@ -98,6 +110,7 @@ def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
         labels=labels, name=name, version=version_, input_mean=input_mean, input_std=input_std,
         color=color, resize=resize, task=task, max_accuracy_drop=max_accuracy_drop,
         samples=samples, out=out, allow_poor_calibration=allow_poor_calibration, recover=recover,
+        train=train, epochs=epochs, prune=prune, prune_block=prune_block, qat=qat,
     )
     created_out = not out.exists()
     try:
@@ -110,6 +123,96 @@ def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
     failed = [r.profile for r in results if not r.gate_passed]
     if failed:
         _err(f"accuracy gate failed for {', '.join(failed)} (bundle written, marked failed)")
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.option("--student", type=click.Path(path_type=Path),
+              help="A Keras model with the teacher's input and output shapes.")
+@click.option("--student-width", type=float, metavar="F",
+              help="Derive the student from the teacher: filters and units × F.")
+@click.option("--train", required=True, type=click.Path(path_type=Path),
+              help="Labelled training data (image folder with class sub-folders, or .npz).")
+@click.option("--validation", required=True, type=click.Path(path_type=Path),
+              help="Labelled data the accuracies are measured on.")
+@click.option("--labels", type=click.Path(path_type=Path), help="labels.txt, one per line.")
+@click.option("--input-mean", callback=_floats, help="Mean subtracted from pixels.")
+@click.option("--input-std", callback=_floats, help="Std dividing pixels.")
+@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]))
+@click.option("--temperature", type=float, default=2.0, show_default=True,
+              help="Softens the teacher's outputs.")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="Weight of the hard labels (the teacher's soft outputs get 1 - alpha).")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="FILE.keras")
+def distill(teacher: Path, student: Path | None, student_width: float | None, train: Path,
+            validation: Path, labels: Path | None, input_mean: tuple[float, ...] | None,
+            input_std: tuple[float, ...] | None, color: str | None, temperature: float,
+            alpha: float, epochs: int, out: Path) -> None:
+    """Train a smaller student from TEACHER's softened outputs and the labels."""
+    from .optimize.distill_cmd import DistillOptions, distill_table
+    from .optimize.distill_cmd import distill as run_distill
+
+    record = run_distill(DistillOptions(
+        teacher=teacher, student=student, width=student_width, train=train,
+        validation=validation, out=out, labels=labels, input_mean=input_mean,
+        input_std=input_std, color=color, temperature=temperature, alpha=alpha, epochs=epochs,
+    ), log=lambda m: click.echo(m, err=True))
+    click.echo(distill_table(record))
+    click.echo(f"student written to {out}")
+
+
+def _levels(_ctx: click.Context, _param: click.Parameter, value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()] if value else []
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of sparsities"
+                                 ) from None
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--profile", required=True, help="Device profile name or YAML file.")
+@click.option("--train", required=True, type=click.Path(path_type=Path),
+              help="Labelled training data (also the calibration data unless --calibration).")
+@click.option("--validation", required=True, type=click.Path(path_type=Path),
+              help="Labelled data every variant is measured and gated on.")
+@click.option("--calibration", type=click.Path(path_type=Path), help="Calibration data.")
+@click.option("--labels", type=click.Path(path_type=Path), help="labels.txt, one per line.")
+@click.option("--name", help="Bundle name prefix (default: the model file name).")
+@click.option("--input-mean", callback=_floats, help="Mean subtracted from pixels.")
+@click.option("--input-std", callback=_floats, help="Std dividing pixels.")
+@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]))
+@click.option("--prune", "prune_levels", default="0.5,0.75", show_default=True,
+              callback=_levels, help="Sparsities to try, comma-separated ('' for none).")
+@click.option("--qat", is_flag=True, help="Also try quantization-aware training.")
+@click.option("--distill-width", type=float, metavar="F",
+              help="Also distil a student at this width and try its variants.")
+@click.option("--student", type=click.Path(path_type=Path),
+              help="A student made by `edge-convert distill`, instead of --distill-width.")
+@click.option("--epochs", type=int, help="Fine-tuning epochs for pruning and QAT.")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("sweep"), show_default=True)
+def sweep(model: Path, profile: str, train: Path, validation: Path, calibration: Path | None,
+          labels: Path | None, name: str | None, input_mean: tuple[float, ...] | None,
+          input_std: tuple[float, ...] | None, color: str | None, prune_levels: list[float],
+          qat: bool, distill_width: float | None, student: Path | None, epochs: int | None,
+          max_accuracy_drop: float, out: Path) -> None:
+    """Convert MODEL's optimization variants for one profile and recommend one."""
+    from .optimize.sweep import SweepOptions, sweep_table
+    from .optimize.sweep import sweep as run_sweep
+
+    result = run_sweep(SweepOptions(
+        model=model, profile=profile, train=train, validation=validation, out=out,
+        calibration=calibration, labels=labels, name=name, input_mean=input_mean,
+        input_std=input_std, color=color, prune=prune_levels, qat=qat,
+        distill_width=distill_width, student=student, epochs=epochs,
+        max_accuracy_drop=max_accuracy_drop), log=lambda m: click.echo(m, err=True))
+    click.echo(sweep_table(result))
+    click.echo(f"report: {out / 'sweep.html'}")
+    if result["recommended"] is None:
+        _err("no variant passed the accuracy gate")
         sys.exit(3)
 
 

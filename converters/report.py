@@ -33,6 +33,7 @@ def build_report(manifest: dict[str, Any], parts: BundleParts) -> dict[str, Any]
         "profile": manifest["profile"]["name"], "task": manifest["task"],
         "created": manifest["created"],
         "sizes": {"float_bytes": m["float_size_bytes"], "model_bytes": m["size_bytes"],
+                  "gzip_bytes": m["gzip_bytes"],
                   "ratio": round(m["float_size_bytes"] / max(1, m["size_bytes"]), 3)},
         "accuracy": {k: m[k] for k in ("float_accuracy", "int8_accuracy", "agreement",
                                        "samples", "evaluated_on")},
@@ -41,6 +42,7 @@ def build_report(manifest: dict[str, Any], parts: BundleParts) -> dict[str, Any]
         "fully_integer": m["fully_integer"],
         "float_tensors": parts.float_tensors[:50],
         "recovery": parts.recovery,
+        "optimization": parts.optimization_report,
         "worst_layers": layers[:WORST_LAYERS],
         "layers": parts.layers,
         "edgetpu": manifest.get("edgetpu"),
@@ -157,8 +159,10 @@ def render_html(report: dict[str, Any], parts: BundleParts) -> str:
         ("Calibration", f"{report['calibration']['samples']} samples from "
                         f"{report['calibration']['source']}"),
     ]
+    rows.append(("Gzipped size", f"{report['sizes']['gzip_bytes']:,} B"))
     if report.get("recovery"):
         rows.append(("Recovery", report["recovery"]["summary"]))
+    rows += optimization_rows(manifest_optimization(parts), report.get("optimization"))
     if report.get("edgetpu"):
         rows.append(("Edge TPU", report["edgetpu"]["message"]))
     table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
@@ -190,6 +194,40 @@ img {{ max-width: 100%; display: block; margin: 1em 0; }}
 <p>Generated {esc(report['created'])} by edge-convert {esc(str(report['versions'].get('converter')))}.</p>
 </body></html>
 """
+
+
+def manifest_optimization(parts: BundleParts) -> dict[str, Any]:
+    return parts.optimization or {"pruning": None, "qat": False, "distilled_from": None}
+
+
+def optimization_rows(record: dict[str, Any], details: dict[str, Any] | None,
+                      ) -> list[tuple[str, str]]:
+    """What each optimization did, in words a person reads at a glance."""
+    rows: list[tuple[str, str]] = []
+    details = details or {}
+    pruning = details.get("pruning")
+    if record.get("pruning") and pruning:
+        worst = ", ".join(f"{layer['layer']} {layer['sparsity']:.0%}"
+                          for layer in pruning["layers"][:8])
+        rows.append(("Pruning", f"target {record['pruning']['target']:.0%}, achieved "
+                                f"{pruning['achieved']:.1%} over {len(pruning['layers'])} layers "
+                                f"({worst}); float accuracy {_pct(pruning.get('accuracy_before'))}"
+                                f" → {_pct(pruning.get('accuracy_after'))} after "
+                                f"{pruning['epochs']} epoch(s) of fine-tuning"))
+    qat = details.get("qat")
+    if record.get("qat") and qat:
+        rows.append(("Quantization-aware training",
+                     f"{qat['epochs']} epoch(s); float accuracy "
+                     f"{_pct(qat.get('accuracy_before'))}, with quantization in the loop "
+                     f"{_pct(qat.get('accuracy_after'))}; converted fully integer"))
+    distilled = record.get("distilled_from")
+    if distilled:
+        rows.append(("Distilled from", f"a teacher at {_pct(distilled.get('accuracy'))} "
+                                       f"(sha256 {str(distilled.get('sha256'))[:12]}…), "
+                                       f"T={distilled.get('temperature')}, "
+                                       f"alpha={distilled.get('alpha')}"))
+    rows += [("Against plain int8", line) for line in details.get("summary", [])]
+    return rows
 
 
 def _pct(v: float | None) -> str:

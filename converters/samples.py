@@ -8,6 +8,10 @@
 - ``DIR/digits.keras``: a small CNN (28x28 gray input, ``(pixel - 0) / 255``) trained on the train
   split through the same preprocessing function the daemon uses;
 - ``DIR/digits.mp4``: a video of the validation digits (``--video``).
+
+``python -m converters.samples textures DIR`` writes 96x96 patches of eight photographs that
+scikit-image ships (``DIR/images/{train,val}/CLASS``, ``DIR/labels.txt``): a second real
+labelled set, in colour, for the optimization benchmarks.
 """
 
 from __future__ import annotations
@@ -103,6 +107,51 @@ def write_video(root: Path, path: Path, frames_per_digit: int = 1, fps: float = 
     return path
 
 
+TEXTURES = ("astronaut", "brick", "chelsea", "coffee", "coins", "grass", "gravel", "moon")
+
+
+def write_texture_images(root: Path, size: int = 96, train_per_class: int = 150,
+                         val_per_class: int = 50, seed: int = 0) -> list[str]:
+    """Real photographs shipped with scikit-image, cut into labelled patches: the class is the
+    photo (a cat, bricks, gravel, coins, …). Training patches come from the left 70% of each
+    photo and validation patches from the rest, so no validation pixel was trained on."""
+    from skimage import data as photos
+
+    rng = np.random.default_rng(seed)
+    for label in TEXTURES:
+        image = np.asarray(getattr(photos, label)())
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else \
+            cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2BGR)
+        cut = int(image.shape[1] * 0.7)
+        for split, region, count in (("train", image[:, :cut], train_per_class),
+                                     ("val", image[:, cut:], val_per_class)):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                cv2.imwrite(str(folder / f"{i:04d}.png"), _patch(region, size, rng))
+    return list(TEXTURES)
+
+
+def _patch(region: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    height, width = region.shape[:2]
+    side = int(rng.integers(min(48, width, height), min(128, width, height) + 1))
+    top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+    patch = cv2.resize(region[top:top + side, left:left + side], (size, size),
+                       interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    gain = rng.uniform(0.8, 1.2)
+    return np.clip(patch.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def make_textures(root: Path, size: int = 96) -> Path:
+    """``root/images/{train,val}/CLASS/*.png`` and ``root/labels.txt``."""
+    if not (root / "images" / "val").is_dir():
+        write_texture_images(root / "images", size=size)
+    (root / "labels.txt").write_text("\n".join(TEXTURES) + "\n", encoding="utf-8")
+    return root
+
+
 def make_digits(root: Path, *, epochs: int = 12, video: bool = True) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "images" / "val").is_dir():
@@ -119,11 +168,14 @@ def make_digits(root: Path, *, epochs: int = 12, video: bool = True) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converters.samples",
                                      description="Write the digits sample data and model.")
-    parser.add_argument("what", choices=["digits"])
+    parser.add_argument("what", choices=["digits", "textures"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--no-video", action="store_true")
     args = parser.parse_args(argv)
+    if args.what == "textures":
+        print(make_textures(args.out))
+        return 0
     model = make_digits(args.out, epochs=args.epochs, video=not args.no_video)
     print(model)
     return 0

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.convert import Prepared, float_ends_note, input_range_note, one_class_note
 from converters.data import Dataset
+from converters.notes import input_range_note, one_class_note
+from converters.prepare import Prepared
+from converters.recovery import float_ends_note
 from converters.verify import ModelRun
 from edge_runtime.preprocess import InputSpec
 
