@@ -135,9 +135,9 @@ def convert_profile(opts: ConvertOptions, prep: Prepared, profile: Profile, name
         job = quant_job(opt.source, opts, prep, profile, model,
                         debug=profile.quantization == "int8")
         layers = run_job(job, work, "quantize").get("layers") or []
+    _refuse_collapsed(prep, profile, model)
     judge = make_judge(opts, prep, threads)
     current = judge(model)
-    _refuse_collapsed(prep, profile, model)
     float_latency = _float_latency(prep, threads)
     notes: list[str] = []
     recovery = _maybe_recover(opts, prep, profile, opt, work, layers, current, judge, log)

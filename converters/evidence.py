@@ -48,7 +48,7 @@ class Proportion:
         return f"{self.value:.1%} (95% CI {low:.1%}–{high:.1%}, n={self.n})"
 
 
-def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
     """The Wilson score interval of ``hits``/``n``; (0, 1) when there is no sample."""
     if n <= 0:
         return 0.0, 1.0
