@@ -25,6 +25,7 @@ from .detection import (
     decoder_record,
     detect_all,
     load_truths,
+    predicted_collapse,
 )
 from .errors import ConvertError
 from .gate import calibration_agreement, gate_section, no_recovery_reason
@@ -57,7 +58,7 @@ def convert(opts: ConvertOptions, log: Log = print) -> list[ProfileResult]:
     name = opts.name or opts.model.stem or "model"
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
         prep = prepare(opts, labels, Path(tmp), log)
-        setup_detection(opts, prep)
+        setup_detection(opts, prep, profiles)
         prep.optimized = plan.optimize_model(opts, prep, profiles, log)
         return _all_or_nothing(opts, prep, profiles, name, log)
 
@@ -78,8 +79,9 @@ def load_profiles(opts: ConvertOptions) -> list[Profile]:
     return profiles
 
 
-def setup_detection(opts: ConvertOptions, prep: Prepared) -> None:
-    """A detector's decoder (checked against its outputs) and its evaluation ground truth."""
+def setup_detection(opts: ConvertOptions, prep: Prepared, profiles: list[Profile]) -> None:
+    """A detector's decoder (checked against its outputs), its evaluation ground truth, and,
+    before anything is quantized, the range-collapse check on its calibration outputs."""
     if prep.task != "detection":
         return
     from edge_runtime.backends import load_backend
@@ -95,6 +97,11 @@ def setup_detection(opts: ConvertOptions, prep: Prepared) -> None:
     prep.decoder = decoder_record(opts.decoder, opts.decoder_params, outputs, labels, prep.spec)
     root = opts.validation if opts.validation is not None else opts.calibration
     prep.truths = load_truths(prep.evaluation, root, opts.boxes, labels)
+    if any(p.quantization == "int8" for p in profiles):
+        calibration = run_model(prep.float_model, prep.calib, prep.spec, latency_runs=1)
+        problem = predicted_collapse(prep.float_model, calibration.outputs, prep.decoder, labels)
+        if problem:
+            raise ConvertError(f"refused before quantizing: {problem}")
 
 
 def _all_or_nothing(opts: ConvertOptions, prep: Prepared, profiles: list[Profile], name: str,

@@ -160,21 +160,42 @@ def collapse_problems(model: Path, float_outputs: np.ndarray, record: dict[str, 
         return []
     backend = load_backend(model, threads=1)
     try:
-        outputs = list(backend.outputs)
+        output = backend.outputs[0]
     finally:
         backend.close()
-    problems = []
-    for output in outputs[:1]:
-        shape = tuple(int(v) for v in output.shape)
-        forced = {"yolov5": "v5", "yolov8": "v8"}.get(record["decoder"], "auto")
+    problem = _collapsed(output.name, tuple(int(v) for v in output.shape), float_outputs,
+                         float(output.scale), record, labels)
+    return [problem] if problem else []
+
+
+def predicted_collapse(float_model: Path, calibration_outputs: np.ndarray,
+                       record: dict[str, Any], labels: Sequence[str]) -> str | None:
+    """The same check before quantizing: the int8 scale an output will get is its calibration
+    range (zero included) over 255 steps."""
+    if not record.get("decoder", "").startswith("yolo") or not calibration_outputs.size:
+        return None
+    backend = load_backend(float_model, threads=1)
+    try:
+        output = backend.outputs[0]
+    finally:
+        backend.close()
+    scale = (max(0.0, float(calibration_outputs.max()))
+             - min(0.0, float(calibration_outputs.min()))) / 255.0
+    return _collapsed(output.name, tuple(int(v) for v in output.shape), calibration_outputs,
+                      scale, record, labels)
+
+
+def _collapsed(name: str, shape: tuple[int, ...], float_outputs: np.ndarray, scale: float,
+               record: dict[str, Any], labels: Sequence[str]) -> str | None:
+    forced = {"yolov5": "v5", "yolov8": "v8"}.get(record["decoder"], "auto")
+    try:
         layout = find_layout(shape, len(labels), record.get("layout", forced))
-        values = float_outputs.reshape(len(float_outputs), *shape)
-        mask = np.zeros(values.shape, dtype=bool)
-        if layout.attributes_first:
-            mask[..., 4:, :] = True
-        else:
-            mask[..., 4:] = True
-        problem = collapsed_scores(output.name, values, mask, float(output.scale))
-        if problem:
-            problems.append(problem)
-    return problems
+    except ValueError:
+        return None
+    values = float_outputs.reshape(len(float_outputs), *shape)
+    mask = np.zeros(values.shape, dtype=bool)
+    if layout.attributes_first:
+        mask[..., 4:, :] = True
+    else:
+        mask[..., 4:] = True
+    return collapsed_scores(name, values, mask, scale)
