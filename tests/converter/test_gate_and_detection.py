@@ -142,7 +142,7 @@ def test_without_ground_truth_the_box_disagreement_gates_and_recovery_keeps_inte
     d = trained.detector
     result = edge_convert("convert", d.model, "--profile", "rpi4", "--calibration", d.train,
                           "--validation", unlabelled, "--labels", d.labels, *DETECTION_FLAGS,
-                          "--out", tmp_path / "out")
+                          "--samples", "100", "--out", tmp_path / "out")
     manifest = manifest_of(tmp_path / "out" / "detector-rpi4")
     gate = manifest["gate"]
     assert result.returncode == EXIT_CODES[gate["status"]], result.stderr[-3000:]
