@@ -147,21 +147,21 @@ def recover(source: Path, opts: ConvertOptions, prep: Prepared, profile: Profile
     adopted = Judged(final, picked.run, picked.cmp, picked.decision)
     adopted.run.size_bytes = final.stat().st_size
     record["recovered_model"] = figures(adopted, ranked[:count])
-    record["summary"] = side_by_side(record["full_int8"], record["recovered_model"], count)
+    record["summary"] = side_by_side(record["full_int8"], record["recovered_model"], count,
+                                     adopted.run, profile.io_dtype)
     log(f"  {record['summary']}")
     return record, adopted
 
 
-def side_by_side(full: dict[str, Any], recovered: dict[str, Any], count: int) -> str:
+def side_by_side(full: dict[str, Any], recovered: dict[str, Any], count: int,
+                 adopted_run: ModelRun, io_dtype: str) -> str:
     def agreement(f: dict[str, Any]) -> str:
         a = f.get("agreement") or {}
         if not a:
             return "n/a"
         return f"{a['value']:.1%} [{a['ci95'][0]:.1%}, {a['ci95'][1]:.1%}]"
 
-    ends = ("" if recovered["input_dtype"] == full["input_dtype"]
-            and recovered["output_dtype"] == full["output_dtype"] else
-            f"; input {recovered['input_dtype']}, output {recovered['output_dtype']}")
+    ends = float_ends_note(adopted_run, io_dtype)
     return (f"recovered with {count} layer(s) in float (gate {recovered['gate']}): "
             f"full-int8 {full['size_bytes']:,} B, agreement {agreement(full)}, "
             f"{full['host_latency_ms']:.3f} ms, drop {full['drop_points']:.2f} → recovered "
@@ -171,9 +171,10 @@ def side_by_side(full: dict[str, Any], recovered: dict[str, Any], count: int) ->
 
 
 def float_ends_note(run: ModelRun, io_dtype: str) -> str:
-    """What a model's ends are when they are not the profile's I/O type."""
+    """What a recovered model's ends became when the layer next to them is kept in float."""
     ends = [f"{end} stays {dtype}" for end, dtype in
             (("input", run.input_spec.dtype), ("output", run.output_dtype)) if dtype != io_dtype]
     if not ends:
         return ""
-    return f"; the {' and the '.join(ends)}, not {io_dtype}"
+    why = "the layer next to it is" if len(ends) == 1 else "the layers next to them are"
+    return f"; the {' and the '.join(ends)}, not {io_dtype}, as {why} kept in float"
