@@ -45,6 +45,8 @@ class BundleParts:
     golden: list[GoldenSample] | None = None           # replayed by the daemon's self-test
     optimization: dict[str, Any] | None = None         # the manifest's record (SPEC §8)
     optimization_report: dict[str, Any] | None = None  # what it did, for the report
+    decoder: dict[str, Any] | None = None              # detection: the daemon's decoder
+    intervals: dict[str, Any] | None = None            # every figure with n and its 95% CI
 
 
 def write_bundle(parts: BundleParts, out: Path, log: Any = print) -> tuple[Path, dict[str, Any]]:
@@ -114,7 +116,7 @@ def build_manifest(parts: BundleParts, model: Path, extra: dict[str, Any]) -> di
         "profile": {"name": parts.profile.name, **parts.profile.settings()},
         "input": parts.spec.to_manifest(),
         "outputs": _outputs(model),
-        "decoder": None,
+        "decoder": parts.decoder,
         "postprocess": parts.postprocess,
         "metrics": {
             "float_accuracy": _r(cmp.float_accuracy),
@@ -129,6 +131,9 @@ def build_manifest(parts: BundleParts, model: Path, extra: dict[str, Any]) -> di
                                 "int8": round(q.latency_ms, 4)},
             "fully_integer": not parts.float_tensors,
             "conversion_s": round(parts.conversion_s, 2),
+            "intervals": parts.intervals or cmp.intervals(),
+            **({"detection": {k: v for k, v in cmp.detection.items() if k != "intervals"}}
+               if cmp.detection else {}),
         },
         "calibration": parts.calibration,
         "versions": parts.versions,

@@ -68,6 +68,9 @@ def job_quantize(job: dict[str, Any]) -> dict[str, Any]:
     dataset = representative(samples, "calibrating") if samples is not None else None
     if quantization == "int8" and samples is None:
         raise JobError("int8 quantization needs calibration data")
+    if job.get("denylists"):
+        return {"made": [_candidate(kind, model, samples, job, denylist, out) for denylist, out
+                         in zip(job["denylists"], job["outs"], strict=True)]}
     converter = make_converter(kind, model)
     configure(converter, quantization, io_dtype, dataset)
     denylist = list(job.get("denylist") or [])
@@ -83,6 +86,23 @@ def job_quantize(job: dict[str, Any]) -> dict[str, Any]:
                   representative(samples, "calibrating (debug)"))
         result["layers"] = _layer_stats(converter, samples, job.get("debug_samples", 32))
     return result
+
+
+def _candidate(kind: str, model: Any, samples: Any, job: dict[str, Any], denylist: list[str],
+               out: str) -> str | None:
+    """One recovery candidate with ``denylist`` kept in float and the profile's integer ends;
+    the one-line reason when it cannot be made."""
+    from converters.io_edges import integer_ends
+
+    try:
+        converter = make_converter(kind, model)
+        configure(converter, "int8", job["io_dtype"], representative(samples, "calibrating"))
+        data = _selective(converter, samples, denylist, job.get("debug_samples", 32),
+                          job["io_dtype"])
+        Path(out).write_bytes(integer_ends(data, job["io_dtype"], job["edges"]))
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {_one_line(exc)}"
 
 
 def _debug_dataset(samples: Any, limit: int) -> Callable[[], Iterator[list[Any]]]:

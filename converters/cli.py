@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from edge_runtime.errors import EdgeError
-from edge_runtime.postprocess import TASKS
+from edge_runtime.postprocess import DECODERS, TASKS
 from edge_runtime.preprocess import as_tuple
 from edge_runtime.publish.options import mqtt_options
 
@@ -73,8 +73,18 @@ def profiles(as_json: bool) -> None:
 @click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default="stretch",
               show_default=True)
 @click.option("--task", type=click.Choice(TASKS))
+@click.option("--decoder", type=click.Choice(sorted(DECODERS)),
+              help="Detection: the decoder the daemon runs on the outputs (implies --task "
+                   "detection; default from the output count: 4 → ssd, 1 → yolo).")
+@click.option("--decoder-param", "decoder_params", multiple=True, metavar="KEY=VALUE",
+              help="Detection: a decoder parameter (score_threshold, iou_threshold, "
+                   "max_detections, layout); repeat for several.")
+@click.option("--boxes", type=click.Path(path_type=Path),
+              help="Detection: COCO JSON with the validation images' boxes (default: YOLO "
+                   ".txt files beside the images, when there are any).")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
-              help="Accuracy gate in points; exit 3 when the quantized model loses more.")
+              help="Allowed drop in points (accuracy, mAP@0.5, or disagreement without "
+                   "labels), judged on its 95% interval.")
 @click.option("--samples", type=click.IntRange(min=1), default=300, show_default=True,
               help="Calibration samples (or all available).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bundles"),
@@ -99,19 +109,33 @@ def profiles(as_json: bool) -> None:
 def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
             validation: Path | None, labels: Path | None, name: str | None, version_: str,
             input_mean: tuple[float, ...] | None, input_std: tuple[float, ...] | None,
-            color: str | None, resize: str, task: str | None, max_accuracy_drop: float,
+            color: str | None, resize: str, task: str | None, decoder: str | None,
+            decoder_params: tuple[str, ...], boxes: Path | None, max_accuracy_drop: float,
             samples: int, out: Path, allow_poor_calibration: bool, recover: str,
             train: Path | None, epochs: int | None, prune: float | None, prune_block: int,
             qat: bool, golden: bool) -> None:
-    """Convert MODEL (.keras, .h5 or SavedModel dir) into one bundle per profile."""
+    """Convert MODEL (.keras, .h5 or SavedModel dir) into one bundle per profile.
+
+    \b
+    The gate judges the drop on its 95% interval. Exit codes:
+      0  every profile passed: the whole interval is within --max-accuracy-drop
+      2  bad usage or input (nothing written)
+      3  the gate failed: the whole interval is over it (bundle written, marked failed)
+      4  undecided: the interval straddles it (bundle written and usable, marked
+         undecided; the summary says how many samples would decide it)
+    """
     from .convert import ConvertOptions
     from .convert import convert as run_convert
+    from .detection import parse_params
+    from .gate import exit_code, worst
     from .summary import summary_table
 
     opts = ConvertOptions(
         model=model, profiles=list(profiles_), calibration=calibration, validation=validation,
         labels=labels, name=name, version=version_, input_mean=input_mean, input_std=input_std,
-        color=color, resize=resize, task=task, max_accuracy_drop=max_accuracy_drop,
+        color=color, resize=resize, task=task, decoder=decoder,
+        decoder_params=parse_params(decoder_params), boxes=boxes,
+        max_accuracy_drop=max_accuracy_drop,
         samples=samples, out=out, allow_poor_calibration=allow_poor_calibration, recover=recover,
         train=train, epochs=epochs, prune=prune, prune_block=prune_block, qat=qat,
         golden=golden,
@@ -124,10 +148,16 @@ def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
             out.rmdir()
         raise
     click.echo(summary_table(results))
-    failed = [r.profile for r in results if not r.gate_passed]
+    failed = [r.profile for r in results if r.gate_status == "fail"]
+    undecided = [r.profile for r in results if r.gate_status == "undecided"]
     if failed:
         _err(f"accuracy gate failed for {', '.join(failed)} (bundle written, marked failed)")
-        sys.exit(3)
+    if undecided:
+        _err(f"accuracy gate undecided for {', '.join(undecided)} (bundle written, usable, "
+             "marked undecided): more samples would decide it")
+    status = worst(r.gate_status for r in results)
+    if status != "pass":
+        sys.exit(exit_code(status))
 
 
 @cli.command()
@@ -230,7 +260,9 @@ def sweep(model: Path, profile: str, train: Path, validation: Path, calibration:
 @click.option("--json", "as_json", is_flag=True)
 def verify(bundle: Path, data: Path, max_accuracy_drop: float, allow_poor_data: bool,
            as_json: bool) -> None:
-    """Re-check a bundle: integrity, loading, the data's hygiene, accuracy on DATA, latency."""
+    """Re-check a bundle: integrity, loading, the data's hygiene, accuracy on DATA (with its 95%
+    interval), latency. Exit 3 when even the interval's top is more than --max-accuracy-drop
+    below the float accuracy in the manifest."""
     from .recheck import recheck
 
     report = recheck(bundle, data, allow_poor_data=allow_poor_data)
@@ -241,11 +273,12 @@ def verify(bundle: Path, data: Path, max_accuracy_drop: float, allow_poor_data: 
             click.echo(f"{key:>22}: {value}")
     reference = report.get("manifest_float_accuracy")
     measured = report.get("accuracy")
-    if reference is not None and measured is not None and \
-            (reference - measured) * 100 > max_accuracy_drop:
-        _err(f"accuracy {measured:.4f} is more than {max_accuracy_drop} points below the float "
-             f"model's {reference:.4f}")
-        sys.exit(3)
+    if reference is not None and measured is not None:
+        high = report["accuracy_ci95"][1]
+        if (reference - high) * 100 > max_accuracy_drop:
+            _err(f"accuracy {measured:.4f} (95% CI up to {high:.4f}) is more than "
+                 f"{max_accuracy_drop} points below the float model's {reference:.4f}")
+            sys.exit(3)
 
 
 SEQUENCE_HELP = ("Release sequence signed into the bundle; devices refuse one older than they "

@@ -13,6 +13,7 @@ interval is over it, and is otherwise undecided, saying about how many samples w
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,7 +48,7 @@ class Proportion:
         return f"{self.value:.1%} (95% CI {low:.1%}–{high:.1%}, n={self.n})"
 
 
-def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
     """The Wilson score interval of ``hits``/``n``; (0, 1) when there is no sample."""
     if n <= 0:
         return 0.0, 1.0
@@ -56,6 +57,25 @@ def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe(a: float, b: float, c: float, d: float, z: float = Z95) -> tuple[float, float]:
+    """Newcombe's interval for (a + b)/n - (a + c)/n from paired counts (fractional counts
+    allowed, for sizing a set that would decide)."""
+    n = a + b + c + d
+    if n <= 0:
+        return -1.0, 1.0
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson(a + b, n, z)
+    l2, u2 = wilson(a + c, n, z)
+    product = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (a * d - b * c) / math.sqrt(product) if product else 0.0
+    delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2)
+                          + (u2 - p2) ** 2))
+    epsilon = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2)
+                            + (p2 - l2) ** 2))
+    drop = (b - c) / n
+    return max(-1.0, drop - delta), min(1.0, drop + epsilon)
 
 
 @dataclass(frozen=True)
@@ -79,20 +99,13 @@ class PairedCounts:
 
     def drop_interval(self, z: float = Z95) -> tuple[float, float]:
         """Newcombe's hybrid score interval for the paired difference (his method 10)."""
-        n = self.n
-        if n == 0:
-            return -1.0, 1.0
-        a, b, c, d = self.both, self.float_only, self.int8_only, self.neither
-        p1, p2 = (a + b) / n, (a + c) / n
-        l1, u1 = wilson(a + b, n, z)
-        l2, u2 = wilson(a + c, n, z)
-        product = (a + b) * (c + d) * (a + c) * (b + d)
-        phi = (a * d - b * c) / math.sqrt(product) if product else 0.0
-        delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2)
-                              + (u2 - p2) ** 2))
-        epsilon = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2)
-                                + (p2 - l2) ** 2))
-        return max(-1.0, self.drop - delta), min(1.0, self.drop + epsilon)
+        return newcombe(self.both, self.float_only, self.int8_only, self.neither, z)
+
+    def interval_at(self, size: float) -> tuple[float, float]:
+        """The interval the same proportions would give on ``size`` samples."""
+        k = size / max(1, self.n)
+        return newcombe(self.both * k, self.float_only * k, self.int8_only * k,
+                        self.neither * k)
 
     def drop_variance(self) -> float:
         """Per-sample variance of the paired difference (for sizing a set that would decide)."""
@@ -128,40 +141,84 @@ class GateDecision:
 
     def text(self) -> str:
         low, high = (v * 100 for v in self.interval)
-        what = "accuracy drop" if self.basis == "accuracy" else "disagreement"
+        what = {"accuracy": "accuracy drop", "mAP": "mAP@0.5 drop"}.get(self.basis,
+                                                                          self.basis)
         head = (f"{what} {self.measured * 100:.2f} points (95% CI {low:.2f} to {high:.2f}, "
                 f"n={self.n}), allowed {self.threshold * 100:g}")
         if self.verdict == "pass":
             return f"gate passed: {head}"
         if self.verdict == "fail":
             return f"gate failed: {head}; the whole interval is over the allowed drop"
-        more = (f"about {self.samples_to_decide} labelled samples would decide it"
+        kind = "labelled samples" if self.basis in ("accuracy", "mAP") else "samples"
+        more = (f"about {self.samples_to_decide} {kind} would decide it"
                 if self.samples_to_decide else "no number of samples would decide it")
         return f"gate undecided: {head}; {more}"
 
 
-def decide(interval: tuple[float, float], measured: float, threshold: float, n: int,
-           basis: str, variance: float) -> GateDecision:
+@dataclass(frozen=True)
+class DropEvidence:
+    """A drop measured some other way (e.g. mAP by bootstrap): its value and 95% interval as
+    fractions, the sample count, and the per-sample variance used to size a deciding set."""
+
+    basis: str
+    measured: float
+    interval: tuple[float, float]
+    n: int
+    variance: float
+
+
+def gate_on_evidence(evidence: DropEvidence, max_drop_points: float) -> GateDecision:
+    return decide(evidence.interval, evidence.measured, max_drop_points / 100, evidence.n,
+                  evidence.basis, evidence.variance)
+
+
+IntervalAt = Callable[[float], tuple[float, float]]
+
+
+def _verdict(interval: tuple[float, float], threshold: float) -> Verdict:
     low, high = interval
     if high <= threshold:
-        verdict: Verdict = "pass"
-    elif low > threshold:
-        verdict = "fail"
-    else:
-        verdict = "undecided"
+        return "pass"
+    return "fail" if low > threshold else "undecided"
+
+
+def decide(interval: tuple[float, float], measured: float, threshold: float, n: int,
+           basis: str, variance: float, interval_at: IntervalAt | None = None) -> GateDecision:
+    """The verdict; when undecided, about how many samples with the same proportions would
+    decide it (found on the interval itself when ``interval_at`` gives it, else from the
+    variance by the normal approximation)."""
+    verdict = _verdict(interval, threshold)
     needed = None
-    if verdict == "undecided":
-        gap = abs(measured - threshold)
-        if gap > 0:
+    if verdict == "undecided" and measured != threshold:
+        if interval_at is not None:
+            needed = _search(interval_at, n, threshold)
+        else:
+            gap = abs(measured - threshold)
             needed = min(MAX_SUGGESTED, math.ceil(Z95 * Z95 * variance / (gap * gap)))
             needed = max(needed, n + 1)
     return GateDecision(verdict, measured, interval, threshold, n, basis, needed)
 
 
+def _search(interval_at: IntervalAt, n: int, threshold: float) -> int | None:
+    """The smallest size (doubling, then bisecting) at which the interval leaves the threshold."""
+    low, high = max(1, n), max(2, n * 2)
+    while _verdict(interval_at(high), threshold) == "undecided":
+        low, high = high, high * 2
+        if high > MAX_SUGGESTED:
+            return None
+    while high - low > max(1, low // 100):
+        middle = (low + high) // 2
+        if _verdict(interval_at(middle), threshold) == "undecided":
+            low = middle
+        else:
+            high = middle
+    return high
+
+
 def gate_on_accuracy(counts: PairedCounts, max_drop_points: float) -> GateDecision:
     """The gate with labels: the paired accuracy drop against the allowed drop."""
     return decide(counts.drop_interval(), counts.drop, max_drop_points / 100, counts.n,
-                  "accuracy", counts.drop_variance())
+                  "accuracy", counts.drop_variance(), counts.interval_at)
 
 
 def gate_on_disagreement(agreement: Proportion, max_drop_points: float) -> GateDecision:
@@ -169,7 +226,8 @@ def gate_on_disagreement(agreement: Proportion, max_drop_points: float) -> GateD
     disagree = Proportion(agreement.n - agreement.hits, agreement.n)
     p = disagree.value
     return decide(disagree.interval, p, max_drop_points / 100, disagree.n, "disagreement",
-                  max(p * (1 - p), 1.0 / max(1, disagree.n)))
+                  max(p * (1 - p), 1.0 / max(1, disagree.n)),
+                  lambda size: wilson(p * size, size))
 
 
 def paired_counts(float_right: list[bool], int8_right: list[bool]) -> PairedCounts:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 Log = Callable[[str], None]
 
@@ -24,6 +25,10 @@ class ConvertOptions:
     color: str | None = None
     resize: str = "stretch"
     task: str | None = None
+    # Detection (SPEC §3): the daemon's decoder and its parameters, and COCO ground truth.
+    decoder: str | None = None
+    decoder_params: dict[str, Any] = field(default_factory=dict)
+    boxes: Path | None = None
     max_accuracy_drop: float = 1.0
     samples: int = 300
     allow_poor_calibration: bool = False

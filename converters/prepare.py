@@ -44,6 +44,9 @@ class Prepared:
     # Filled in by ``converters.optimize`` when the call asks for more than quantization.
     optimized: Any = None
     cache: dict[str, Any] = field(default_factory=dict)
+    # Detection: the manifest's decoder record and the evaluation images' ground truth.
+    decoder: dict[str, Any] | None = None
+    truths: list[Any] | None = None
 
 
 

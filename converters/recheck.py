@@ -11,6 +11,7 @@ from edge_runtime.bundles.manifest import load_bundle_dir
 
 from .data import load_dataset
 from .errors import ConvertError
+from .evidence import Proportion
 from .hygiene import check_calibration
 from .verify import float_tensors, run_model
 
@@ -44,5 +45,8 @@ def recheck(bundle_path: Path, data_path: Path, *, allow_poor_data: bool = False
     if bundle.task == "classification" and data.labels is not None:
         if run.outputs.shape[1] != max(1, len(bundle.labels) or run.outputs.shape[1]):
             raise ConvertError("the data's classes do not match the bundle's labels")
-        report["accuracy"] = round(float(np.mean(run.outputs.argmax(1) == data.labels)), 5)
+        right = int(np.sum(run.outputs.argmax(1) == data.labels))
+        accuracy = Proportion(right, len(data))
+        report["accuracy"] = round(accuracy.value, 5)
+        report["accuracy_ci95"] = [round(v, 5) for v in accuracy.interval]
     return report

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .bundle_writer import BundleParts
 
 WORST_LAYERS = 25
+VERDICT_COLOURS = {"pass": "#1e8449", "fail": "#c0392b", "undecided": "#b9770e"}
 
 
 def write_reports(root: Path, manifest: dict[str, Any], parts: BundleParts) -> None:
@@ -39,6 +40,7 @@ def build_report(manifest: dict[str, Any], parts: BundleParts) -> dict[str, Any]
                                        "samples", "evaluated_on")},
         "latency_ms": m["host_latency_ms"],
         "gate": manifest["gate"],
+        "intervals": m.get("intervals"),
         "fully_integer": m["fully_integer"],
         "float_tensors": parts.float_tensors[:50],
         "recovery": parts.recovery,
@@ -141,15 +143,17 @@ def render_html(report: dict[str, Any], parts: BundleParts) -> str:
     esc = html.escape
     acc = report["accuracy"]
     gate = report["gate"]
-    verdict = "passed" if gate["passed"] else "FAILED"
+    status = gate.get("status") or ("pass" if gate["passed"] else "fail")
+    verdict = {"pass": "passed", "fail": "FAILED", "undecided": "UNDECIDED"}[status]
     rows = [
         ("Profile", report["profile"]), ("Task", report["task"]),
         ("Float accuracy", _pct(acc["float_accuracy"])),
         ("Quantized accuracy", _pct(acc["int8_accuracy"])),
         ("Top-1 agreement", _pct(acc["agreement"])),
         ("Evaluated on", f"{acc['samples']} {acc['evaluated_on']} samples"),
-        ("Accuracy gate", f"{verdict}: drop {gate['accuracy_drop']:.2f} points "
-                          f"(limit {gate['max_accuracy_drop']}, by {gate['basis']})"),
+        ("Accuracy gate", gate.get("text") or
+         f"{verdict}: drop {gate['accuracy_drop']:.2f} points "
+         f"(limit {gate['max_accuracy_drop']}, by {gate['basis']})"),
         ("Size", f"{report['sizes']['float_bytes']:,} B → {report['sizes']['model_bytes']:,} B "
                  f"(×{report['sizes']['ratio']:.2f} smaller)"),
         ("Host latency (median)", f"float {report['latency_ms']['float']:.3f} ms, quantized "
@@ -162,6 +166,8 @@ def render_html(report: dict[str, Any], parts: BundleParts) -> str:
     rows.append(("Gzipped size", f"{report['sizes']['gzip_bytes']:,} B"))
     if report.get("recovery"):
         rows.append(("Recovery", report["recovery"]["summary"]))
+    rows += [(f"95% interval: {name}", _interval(figure))
+             for name, figure in (report.get("intervals") or {}).items()]
     rows += optimization_rows(manifest_optimization(parts), report.get("optimization"))
     if report.get("edgetpu"):
         rows.append(("Edge TPU", report["edgetpu"]["message"]))
@@ -182,7 +188,7 @@ def render_html(report: dict[str, Any], parts: BundleParts) -> str:
 body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 th, td {{ text-align: left; padding: .25em .8em; border-bottom: 1px solid #ddd; }}
-.verdict {{ font-weight: bold; color: {'#1e8449' if gate['passed'] else '#c0392b'}; }}
+.verdict {{ font-weight: bold; color: {VERDICT_COLOURS[status]}; }}
 img {{ max-width: 100%; display: block; margin: 1em 0; }}
 </style></head><body>
 <h1>{esc(report['name'])} v{esc(report['version'])} for {esc(report['profile'])}</h1>
@@ -228,6 +234,13 @@ def optimization_rows(record: dict[str, Any], details: dict[str, Any] | None,
                                        f"alpha={distilled.get('alpha')}"))
     rows += [("Against plain int8", line) for line in details.get("summary", [])]
     return rows
+
+
+def _interval(figure: dict[str, Any]) -> str:
+    if "value" not in figure or "ci95" not in figure:
+        return str(figure)
+    low, high = figure["ci95"]
+    return f"{figure['value']:.4g} (95% CI {low:.4g} to {high:.4g}, n={figure['n']})"
 
 
 def _pct(v: float | None) -> str:

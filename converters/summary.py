@@ -16,12 +16,16 @@ def summary_table(results: Sequence[ProfileResult]) -> str:
     for r in results:
         m = r.manifest["metrics"]
         lat = m["host_latency_ms"]
+        det = m.get("detection") or {}
+        mark = " mAP" if det.get("map50_float") is not None else ""
         rows.append((
             r.profile,
             f"{_kb(m['float_size_bytes'])}→{_kb(m['size_bytes'])}",
-            _pct(m["float_accuracy"]), _pct(m["int8_accuracy"]), _pct(m["agreement"]),
+            _pct(det.get("map50_float", m["float_accuracy"])) + mark,
+            _pct(det.get("map50_int8", m["int8_accuracy"])) + mark,
+            _pct(m["agreement"]) + (" boxes" if det else ""),
             f"{lat['float']:.2f} ms", f"{lat['int8']:.2f} ms",
-            "pass" if r.gate_passed else "FAIL", str(r.bundle),
+            {"fail": "FAIL"}.get(r.gate_status, r.gate_status), str(r.bundle),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

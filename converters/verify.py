@@ -20,6 +20,7 @@ from edge_runtime.preprocess import InputSpec, Preprocessor
 
 from .data import Dataset
 from .errors import ConvertError
+from .evidence import DropEvidence, PairedCounts, Proportion, paired_counts
 
 INTEGER_DTYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}
 
@@ -103,6 +104,28 @@ class Comparison:
     samples: int
     drop_points: float
     basis: str
+    agreeing: int = 0                       # samples (or matched boxes) the two models agree on
+    paired: PairedCounts | None = None      # with labels: right/wrong per model, per sample
+    evidence: DropEvidence | None = None    # a drop measured otherwise (detection: bootstrap)
+    detection: dict[str, Any] | None = None
+
+    @property
+    def agreement_proportion(self) -> Proportion:
+        return Proportion(self.agreeing, self.samples)
+
+    def intervals(self) -> dict[str, Any]:
+        """Every figure with its sample count and 95% interval."""
+        if self.detection is not None:
+            return dict(self.detection.get("intervals", {}))
+        found: dict[str, Any] = {"agreement": self.agreement_proportion.to_json()}
+        if self.paired is not None:
+            p = self.paired
+            found["float_accuracy"] = Proportion(p.both + p.float_only, p.n).to_json()
+            found["int8_accuracy"] = Proportion(p.both + p.int8_only, p.n).to_json()
+            low, high = p.drop_interval()
+            found["accuracy_drop_points"] = {"value": round(p.drop * 100, 3), "n": p.n,
+                                             "ci95": [round(low * 100, 3), round(high * 100, 3)]}
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,15 +141,20 @@ def compare(task: str, float_out: np.ndarray, quant_out: np.ndarray,
     n = len(float_out)
     if task == "classification" and float_out.shape[1] > 1:
         f_top, q_top = float_out.argmax(1), quant_out.argmax(1)
-        agreement = float(np.mean(f_top == q_top))
+        agreeing = int(np.sum(f_top == q_top))
+        agreement = agreeing / n
         if labels is not None and len(labels) == n and np.all(labels >= 0):
             fa, qa = float(np.mean(f_top == labels)), float(np.mean(q_top == labels))
-            return Comparison(fa, qa, agreement, n, (fa - qa) * 100.0, "accuracy")
-        return Comparison(None, None, agreement, n, (1 - agreement) * 100.0, "agreement")
+            paired = paired_counts(list(f_top == labels), list(q_top == labels))
+            return Comparison(fa, qa, agreement, n, (fa - qa) * 100.0, "accuracy", agreeing,
+                              paired)
+        return Comparison(None, None, agreement, n, (1 - agreement) * 100.0, "disagreement",
+                          agreeing)
     span = float(np.ptp(float_out)) or 1.0
     close = np.max(np.abs(float_out - quant_out), axis=1) <= 0.05 * span
-    agreement = float(np.mean(close))
-    return Comparison(None, None, agreement, n, (1 - agreement) * 100.0, "agreement")
+    agreeing = int(np.sum(close))
+    return Comparison(None, None, agreeing / n, n, (1 - agreeing / n) * 100.0, "disagreement",
+                      agreeing)
 
 
 def looks_like_probabilities(outputs: np.ndarray) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytest_plugins = ["support.mosquitto", "support.daemon"]
+pytest_plugins = ["support.mosquitto", "support.daemon", "support.trained"]
 BIN = Path(sys.executable).parent
 
 

@@ -122,12 +122,14 @@ def _run(base: ConvertOptions, prep: Prepared, profiles: list[Any], variant: Var
         result = _all_or_nothing(opts, prep, profiles, opts.name or name, log)[0]
     except ConvertError as exc:
         log(f"  {variant.name} failed: {exc}")
-        return {**row, "error": str(exc), "gate_passed": False}
+        return {**row, "error": str(exc), "gate_passed": False, "gate": "error"}
     metrics = result.manifest["metrics"]
     if variant.name == "ptq":
         prep.cache[f"baseline/{profiles[0].name}"] = _as_baseline(metrics)
     params = _params(base, variant, result.bundle, prep)
     return {**row, "bundle": str(result.bundle), "gate_passed": result.gate_passed,
+            "gate": result.gate_status, "gate_ci95_points": result.manifest["gate"].get(
+                "ci95_points"),
             "accuracy": metrics["int8_accuracy"], "float_accuracy": metrics["float_accuracy"],
             "agreement": metrics["agreement"], "accuracy_drop": result.manifest["gate"][
                 "accuracy_drop"],

@@ -53,10 +53,15 @@ def _cells(row: dict[str, Any]) -> list[str]:
         return [row["variant"], "error", row["error"][:60], "", "", "", "", "", "", ""]
     front = "/".join(k for k, f in (("size", "pareto_size"), ("latency", "pareto_latency"))
                      if row.get(f))
-    return [row["variant"], "pass" if row["gate_passed"] else "FAIL", _pct(row["accuracy"]),
+    return [row["variant"], _gate(row), _pct(row["accuracy"]),
             _pct(row["agreement"]), _kib(row["size_bytes"]), _kib(row["gzip_bytes"]),
             f"{row['host_latency_ms']:.3f} ms", _count(row.get("params")),
             _count(row.get("nonzero_params")), front or "-"]
+
+
+def _gate(row: dict[str, Any]) -> str:
+    status = row.get("gate") or ("pass" if row["gate_passed"] else "fail")
+    return "FAIL" if status == "fail" else str(status)
 
 
 def sweep_table(result: dict[str, Any]) -> str:
@@ -66,7 +71,8 @@ def sweep_table(result: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     best = result.get("recommended")
     lines.append(f"float accuracy {_pct(result['float_accuracy'])} on {result['evaluated_on']}; "
-                 f"gate: at most {result['max_accuracy_drop']} points below it")
+                 f"gate: at most {result['max_accuracy_drop']} points below it, judged on the "
+                 "95% interval; an undecided variant is not passing (more samples would decide)")
     lines.append(f"recommended: {best['variant']} ({best['bundle']})" if best else
                  "recommended: none — no variant passed the gate")
     return "\n".join(lines)

@@ -30,6 +30,8 @@ from test_convert_cli import (
     tensor_dtypes,
 )
 
+from converters.evidence import EXIT_CODES
+
 if TYPE_CHECKING:
     from conftest import DigitModels
 
@@ -200,11 +202,13 @@ def test_qat_from_an_h5_gives_a_fully_integer_edgetpu_model_within_a_point(
                           "--validation", digits / "images" / "val", *data_flags(digits),
                           "--train", digits / "images" / "train", "--qat", "--epochs", "1",
                           "--name", "digits", "--out", tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
     bundle = tmp_path / "digits-coral-usb"
     model = bundle / "model.tflite"
     assert tensor_dtypes(model) <= {"uint8", "int8", "int32"}
     manifest = manifest_of(bundle)
+    # Within a point by the measured drop; the gate may still want more samples to be sure.
+    status = manifest["gate"]["status"]
+    assert status != "fail" and result.returncode == EXIT_CODES[status], result.stderr[-3000:]
     assert manifest["optimization"]["qat"] is True and manifest["metrics"]["fully_integer"]
     accuracy, _ = independent_accuracy(model, digits / "images" / "val", labels_of(digits))
     assert accuracy >= manifest["metrics"]["float_accuracy"] - 0.01
