@@ -84,6 +84,7 @@ def test_no_golden_leaves_the_samples_out(digits: Path, tmp_path: Path) -> None:
                      "--name", "plain", "--no-golden", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, check=False,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-2000:]
+    # 0: the gate passed, 4: undecided on the held-out samples; either way a usable bundle
+    assert result.returncode in (0, 4), result.stderr[-2000:]
     bundle = tmp_path / "plain-rpi4"
     assert (bundle / "model.tflite").is_file() and not (bundle / GOLDEN_FILE).exists()
