@@ -68,6 +68,9 @@ def cli(verbose: int) -> None:
 @click.option("--delegate", help="xnnpack, edgetpu[:usb|:pci], gpu, none, or a .so path.")
 @click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
               help="ed25519 public key; only bundles signed by a trusted key load.")
+@click.option("--monitor-window", type=click.IntRange(min=10),
+              help="Results per health window (default 500; monitor: in the config).")
+@click.option("--no-monitor", is_flag=True, default=None, help="Do not watch results.")
 def run(config_path: Path | None, **flags: Any) -> None:
     """Run the daemon (from --config, or one pipeline from flags)."""
     from .daemon import Daemon
