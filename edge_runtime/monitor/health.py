@@ -11,7 +11,7 @@ reasons, published as ``edge-health/1`` on ``edge/D/P/health``.
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ import numpy as np
 from edge_runtime.monitor.reference import (
     BRIGHTNESS_EDGES,
     DETECTIONS_EDGES,
+    PSI_FLOOR,
     SCORE_EDGES,
     Reference,
     calibrated,
@@ -34,7 +35,8 @@ SCHEMA = "edge-health/1"
 VERDICTS = ("ok", "warn", "alarm")
 BLANK_STD = 2.0   # a frame whose sampled pixels vary less than this is blank
 GRID = 32         # frames are sampled on at most GRID × GRID pixels
-Z_WARN, Z_ALARM = 2.33, 3.09   # chance exceeds these once in 100 / 1,000 windows
+CHANCE_WARN, CHANCE_ALARM = 0.99, 0.999   # chance reaches these once in 100 / 1,000 windows
+CHANCE_DRAWS = 4000
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,23 @@ class _Window:
     results: int = 0
 
 
-def chance_psi(bins: int, n: int, z: float) -> float:
-    """The PSI that chance alone reaches in a window of ``n`` results drawn from the reference
-    itself, ``z`` standard deviations out: n·PSI is about chi-square with bins − 1 degrees of
-    freedom (Wilson–Hilferty's approximation of its quantile). Small windows are noisy; a shift
-    is only reported beyond both this and the configured level."""
-    k = max(1, bins - 1)
-    quantile = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
-    return quantile / max(1, n)
+@functools.lru_cache(maxsize=64)
+def chance_psi(shares: tuple[float, ...], n: int, quantile: float) -> float:
+    """The PSI that chance alone exceeds in a share ``1 - quantile`` of windows of ``n`` results
+    drawn from the reference itself (``shares``), found by drawing such windows (seeded, so the
+    same every time; cached per reference and window size). Small windows are noisy, above all
+    over many bins; a shift is only reported beyond both this and the configured level."""
+    if n < 1:
+        return float("inf")
+    p = np.clip(np.asarray(shares, dtype=np.float64), 0.0, None)
+    if p.sum() <= 0:
+        return 0.0
+    p /= p.sum()
+    counts = np.random.default_rng(0).multinomial(n, p, size=CHANCE_DRAWS)
+    r = np.maximum(p, PSI_FLOOR)
+    o = np.maximum(counts / n, PSI_FLOOR)
+    values = ((o - r) * np.log(o / r)).sum(axis=1)
+    return float(np.quantile(values, quantile))
 
 
 class HealthMonitor:
@@ -84,7 +95,7 @@ class HealthMonitor:
         self._index = 0
         self._previous = b""
         self.last: dict[str, Any] | None = None
-        self._bins: dict[str, int] = {}
+        self._shares: dict[str, tuple[float, ...]] = {}
         self._counts: dict[str, int] = {}
         self.retarget(reference, labels, budget_ms)
 
@@ -95,6 +106,14 @@ class HealthMonitor:
         self.labels = list(labels)
         self.budget_ms = budget_ms
         self._window = _Window(self._clock())
+        # What chance gives a full window of this reference, worked out now rather than on the
+        # pipeline thread when the first window closes.
+        shares = [tuple(reference.class_share.get(name, 0.0) for name in self.labels)]
+        shares += [h.shares for h in (reference.top1, reference.margin, reference.brightness,
+                                      reference.detections) if h is not None]
+        for one in shares:
+            for quantile in (CHANCE_WARN, CHANCE_ALARM):
+                chance_psi(one, self.settings.window, quantile)
 
     def observe(self, *, latency_ms: float, probabilities: np.ndarray | None = None,
                 detections: int | None = None, frame: np.ndarray | None = None,
@@ -134,7 +153,7 @@ class HealthMonitor:
         self._index += 1
         self._window = _Window(now)
         shifts: dict[str, float] = {}
-        self._bins, self._counts = {}, {}
+        self._shares, self._counts = {}, {}
         top1: list[float] = []
         margin: list[float] = []
         classes = np.zeros(0, dtype=np.int64)
@@ -150,7 +169,7 @@ class HealthMonitor:
             counts = np.bincount(classes, minlength=len(self.labels)) / classes.size
             expected = [ref.class_share.get(name, 0.0) for name in self.labels]
             shifts["class_mix"] = psi(expected, counts.tolist())
-            self._bins["class_mix"] = sum(1 for e in expected if e > 0)
+            self._shares["class_mix"] = tuple(expected)
             self._counts["class_mix"] = int(classes.size)
         for name, hist, values, edges in (
                 ("top1_score", ref.top1, top1, SCORE_EDGES),
@@ -159,7 +178,7 @@ class HealthMonitor:
                 ("detections_per_frame", ref.detections, w.detections, DETECTIONS_EDGES)):
             if hist is not None and values:
                 shifts[name] = psi(hist.shares, histogram(values, hist.edges or edges).shares)
-                self._bins[name] = sum(1 for share in hist.shares if share > 0)
+                self._shares[name] = hist.shares
                 self._counts[name] = len(values)
         report: dict[str, Any] = {
             "schema": SCHEMA, "verdict": "ok",
@@ -188,9 +207,9 @@ class HealthMonitor:
         problems: list[tuple[str, str]] = []
         for name, value in sorted(shifts.items(), key=lambda kv: -kv[1]):
             words = name.replace("_", " ")
-            bins, n = self._bins.get(name, 2), self._counts.get(name, w.results)
-            alarm = max(s.psi_alarm, chance_psi(bins, n, Z_ALARM))
-            warn = max(s.psi_warn, chance_psi(bins, n, Z_WARN))
+            shares, n = self._shares.get(name, ()), self._counts.get(name, w.results)
+            alarm = max(s.psi_alarm, chance_psi(shares, n, CHANCE_ALARM))
+            warn = max(s.psi_warn, chance_psi(shares, n, CHANCE_WARN))
             if value >= alarm:
                 problems.append(("alarm", f"{words} shifted (PSI {value:.2f} ≥ {alarm:.2g})"))
             elif value >= warn:
