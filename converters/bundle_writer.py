@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.bundles.manifest import LABELS, SCHEMA, sha256_file, write_manifest
+from edge_runtime.monitor.golden import GOLDEN_FILE, GoldenSample, write_golden
 from edge_runtime.preprocess import InputSpec
 
 from .profiles import Profile
@@ -41,6 +42,7 @@ class BundleParts:
     float_tensors: list[str]
     conversion_s: float
     eval_basis: str
+    golden: list[GoldenSample] | None = None           # replayed by the daemon's self-test
     optimization: dict[str, Any] | None = None         # the manifest's record (SPEC §8)
     optimization_report: dict[str, Any] | None = None  # what it did, for the report
 
@@ -53,6 +55,8 @@ def write_bundle(parts: BundleParts, out: Path, log: Any = print) -> tuple[Path,
         shutil.copyfile(parts.model, tmp / "model.tflite")
         if parts.class_names:
             (tmp / LABELS).write_text("\n".join(parts.class_names) + "\n", encoding="utf-8")
+        if parts.golden:
+            write_golden(tmp / GOLDEN_FILE, parts.golden)
         extra = _edgetpu(parts, tmp, log)
         manifest = build_manifest(parts, tmp / "model.tflite", extra)
         write_manifest(tmp, manifest)

@@ -93,13 +93,16 @@ def profiles(as_json: bool) -> None:
               help="Prune neighbouring input weights in blocks of N (1: unstructured).")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning on --train, then a "
                                           "fully integer model.")
+@click.option("--no-golden", "golden", is_flag=True, default=True, flag_value=False,
+              help="Leave out golden.npz (validation inputs and their outputs for the "
+                   "daemon's self-test).")
 def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
             validation: Path | None, labels: Path | None, name: str | None, version_: str,
             input_mean: tuple[float, ...] | None, input_std: tuple[float, ...] | None,
             color: str | None, resize: str, task: str | None, max_accuracy_drop: float,
             samples: int, out: Path, allow_poor_calibration: bool, recover: str,
             train: Path | None, epochs: int | None, prune: float | None, prune_block: int,
-            qat: bool) -> None:
+            qat: bool, golden: bool) -> None:
     """Convert MODEL (.keras, .h5 or SavedModel dir) into one bundle per profile."""
     from .convert import ConvertOptions
     from .convert import convert as run_convert
@@ -111,6 +114,7 @@ def convert(model: Path, profiles_: tuple[str, ...], calibration: Path,
         color=color, resize=resize, task=task, max_accuracy_drop=max_accuracy_drop,
         samples=samples, out=out, allow_poor_calibration=allow_poor_calibration, recover=recover,
         train=train, epochs=epochs, prune=prune, prune_block=prune_block, qat=qat,
+        golden=golden,
     )
     created_out = not out.exists()
     try:

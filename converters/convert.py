@@ -27,7 +27,8 @@ from .options import ConvertOptions, Log
 from .prepare import Prepared, prepare, read_label_file
 from .profiles import Profile, load_profile
 from .recovery import quant_job, recover
-from .verify import compare, float_tensors, reference_stats, run_model
+from .verify import compare, float_tensors, run_model
+from .watchref import record_golden, watch_reference
 
 __all__ = ["ConvertOptions", "ProfileResult", "convert", "convert_profile"]
 
@@ -127,7 +128,9 @@ def convert_profile(opts: ConvertOptions, prep: Prepared, profile: Profile, name
                      "sha256": prep.calib.sha256},
         versions={**prep.info.get("versions", {}), "converter": __version__,
                   "runtime": _runtime_version()},
-        reference_stats=reference_stats(prep.task, run.outputs, prep.class_names, prep.softmax),
+        reference_stats=watch_reference(prep.task, run.outputs, prep.class_names, prep.softmax,
+                                        prep.evaluation, run.input_spec),
+        golden=record_golden(model, prep.evaluation, run.input_spec) if opts.golden else None,
         postprocess={"softmax": prep.softmax} if prep.task == "classification" else {},
         gate={"max_accuracy_drop": opts.max_accuracy_drop,
               "accuracy_drop": round(cmp.drop_points, 3), "basis": cmp.basis,

@@ -28,6 +28,7 @@ class ConvertOptions:
     samples: int = 300
     allow_poor_calibration: bool = False
     recover: str = "auto"
+    golden: bool = True           # write golden.npz for the daemon's self-test
     debug_samples: int = 32
     # Optimization beyond post-training quantization (SPEC §8).
     train: Path | None = None
