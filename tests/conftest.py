@@ -59,20 +59,6 @@ def digits_bundle(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
-def watched_bundle(digits: Path, digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory,
-                   ) -> Path:
-    """The digits bundle with the reference statistics and golden samples of SPEC §9."""
-    import shutil
-
-    from support.reference import annotate
-
-    bundle = tmp_path_factory.mktemp("watched") / "digits-rpi4"
-    shutil.copytree(digits_bundle, bundle)
-    annotate(bundle, digits / "images" / "val")
-    return bundle
-
-
-@pytest.fixture(scope="session")
 def poorly_calibrated_bundle(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits model calibrated on black frames (``--allow-poor-calibration``), version
     ``2-poor``: about 10% accurate, written although it misses the gate."""

@@ -70,11 +70,11 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(broker: Mosquitto, digits: Path, watched_bundle: Path,
+def fleet(broker: Mosquitto, digits: Path, digits_bundle: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("canary")
     assert edge_convert("keygen", str(root / "keys")).returncode == 0
-    v1 = copy_bundle(watched_bundle, root / "v1" / "digits-rpi4", version="1")
+    v1 = copy_bundle(digits_bundle, root / "v1" / "digits-rpi4", version="1")
     packed = edge_convert("pack", str(v1), "--sign-key", str(root / "keys" / "edge-signing.key"))
     assert packed.returncode == 0, packed.stderr
     pack = Path(packed.stdout.strip().splitlines()[-1])
@@ -136,8 +136,8 @@ def test_a_bad_candidate_stops_the_rollout_after_the_canaries(
 
 
 def test_a_good_candidate_goes_to_the_canaries_then_to_everyone(
-        fleet: Fleet, watched_bundle: Path) -> None:
-    good = copy_bundle(watched_bundle, fleet.releases / "good" / "digits-rpi4", version="2")
+        fleet: Fleet, digits_bundle: Path) -> None:
+    good = copy_bundle(digits_bundle, fleet.releases / "good" / "digits-rpi4", version="2")
     done, seconds = fleet.canary_deploy(good)
     print(f"good candidate: whole rollout {seconds:.1f} s\n{done.stdout}")
     assert done.returncode == 0, done.stdout + done.stderr + fleet.tails()

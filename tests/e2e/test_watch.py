@@ -150,8 +150,8 @@ def truth_of(result: dict[str, Any]) -> str:
 
 
 def test_clean_validation_images_stay_healthy_and_the_accuracy_estimate_holds(
-        start: Any, broker: Mosquitto, watched_bundle: Path, sets: Sets) -> None:
-    device = start(sets.clean, watched_bundle)
+        start: Any, broker: Mosquitto, digits_bundle: Path, sets: Sets) -> None:
+    device = start(sets.clean, digits_bundle)
     assert device.daemon.wait(60) == 0, device.daemon.tail()
     results = device.payloads("result")
     windows = [h for h in device.payloads("health") if "rollback" not in h]
@@ -176,8 +176,8 @@ def test_clean_validation_images_stay_healthy_and_the_accuracy_estimate_holds(
 @pytest.mark.parametrize(("kind", "reason"), [("dark", "brightness shifted"),
                                               ("one_class", "class mix shifted")])
 def test_darkened_or_one_class_images_raise_an_alarm_within_two_windows(
-        start: Any, watched_bundle: Path, sets: Sets, kind: str, reason: str) -> None:
-    device = start(getattr(sets, kind), watched_bundle, window=50, loop=True, fps=200)
+        start: Any, digits_bundle: Path, sets: Sets, kind: str, reason: str) -> None:
+    device = start(getattr(sets, kind), digits_bundle, window=50, loop=True, fps=200)
     alarm = device.wait("health", lambda h: h["verdict"] == "alarm")
     assert alarm["window"]["index"] <= 2, alarm
     assert any(reason in r for r in alarm["reasons"]), alarm["reasons"]
@@ -199,13 +199,13 @@ def edit_preprocessing(bundle: Path) -> Path:
 
 
 def test_edited_preprocessing_is_refused_at_start_and_on_reload(
-        start: Any, watched_bundle: Path, sets: Sets, tmp_path: Path) -> None:
-    edited = edit_preprocessing(copy_bundle(watched_bundle, tmp_path / "edited"))
+        start: Any, digits_bundle: Path, sets: Sets, tmp_path: Path) -> None:
+    edited = edit_preprocessing(copy_bundle(digits_bundle, tmp_path / "edited"))
     refused = start(sets.clean, edited)
     assert refused.daemon.wait(30) == 2
     error = refused.daemon.stderr()
     assert re.search(GOLDEN_REFUSAL, error), error
-    device = start(sets.clean, watched_bundle, loop=True, fps=50)
+    device = start(sets.clean, digits_bundle, loop=True, fps=50)
     device.wait("result", lambda r: True)
     reply = device.cmd.request("reload", {"bundle": str(edited)})
     assert reply["ok"] is False
@@ -224,10 +224,10 @@ def shadow(bundle: Path, frames: int = 40, agreement: float = 0.9) -> dict[str, 
 
 
 def test_a_poorly_calibrated_candidate_is_refused_in_shadow_with_its_agreement(
-        start: Any, watched_bundle: Path, poorly_calibrated_bundle: Path, sets: Sets,
+        start: Any, digits_bundle: Path, poorly_calibrated_bundle: Path, sets: Sets,
         tmp_path: Path) -> None:
     candidate = copy_bundle(poorly_calibrated_bundle, tmp_path / "poor")
-    device = start(sets.clean, watched_bundle, loop=True, fps=100)
+    device = start(sets.clean, digits_bundle, loop=True, fps=100)
     device.wait("result", lambda r: True)
     reply = device.cmd.request("reload", shadow(candidate))
     assert reply["ok"] and reply["mode"] == "shadow", reply
@@ -246,9 +246,9 @@ def test_a_poorly_calibrated_candidate_is_refused_in_shadow_with_its_agreement(
 
 
 def test_a_good_candidate_is_promoted_and_a_swap_that_alarms_rolls_back(
-        start: Any, watched_bundle: Path, sets: Sets, tmp_path: Path) -> None:
-    good = copy_bundle(watched_bundle, tmp_path / "good", version="2")
-    device = start(sets.clean, watched_bundle, loop=True, fps=200, window=50)
+        start: Any, digits_bundle: Path, sets: Sets, tmp_path: Path) -> None:
+    good = copy_bundle(digits_bundle, tmp_path / "good", version="2")
+    device = start(sets.clean, digits_bundle, loop=True, fps=200, window=50)
     device.wait("result", lambda r: True)
     assert device.cmd.request("reload", shadow(good))["ok"]
     promoted = device.wait("shadow", lambda s: s["state"] == "promoted")
@@ -259,7 +259,7 @@ def test_a_good_candidate_is_promoted_and_a_swap_that_alarms_rolls_back(
     device.wait("result", lambda r: r["seq"] > mark + 5)
     assert device.versions_after(mark) == {"2"}
     # A release whose reference says it only ever sees digit_0: its first window is an alarm.
-    skewed = copy_bundle(watched_bundle, tmp_path / "skewed", version="3-skewed")
+    skewed = copy_bundle(digits_bundle, tmp_path / "skewed", version="3-skewed")
     manifest = json.loads((skewed / "manifest.json").read_text())
     shares = manifest["reference_stats"]["predicted_class_share"]
     manifest["reference_stats"]["predicted_class_share"] = {k: float(k == "digit_0")
@@ -285,7 +285,7 @@ def edge_convert(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_daemon_without_a_model_waits_then_serves_after_one_signed_deploy(
-        start: Any, broker: Mosquitto, watched_bundle: Path, sets: Sets,
+        start: Any, broker: Mosquitto, digits_bundle: Path, sets: Sets,
         tmp_path: Path) -> None:
     assert edge_convert("keygen", str(tmp_path / "keys")).returncode == 0
     trusted = f"trusted_keys: [{tmp_path / 'keys' / 'edge-signing.pub'}]\n"
@@ -294,7 +294,7 @@ def test_a_daemon_without_a_model_waits_then_serves_after_one_signed_deploy(
                           and s["pipelines"]["default"]["state"] == "waiting")
     assert waiting["pipelines"]["default"]["model"] is None
     assert not device.payloads("result")
-    done = edge_convert("deploy", str(watched_bundle), "--mqtt", broker.url, "--device",
+    done = edge_convert("deploy", str(digits_bundle), "--mqtt", broker.url, "--device",
                         device.name, "--sign-key", str(tmp_path / "keys" / "edge-signing.key"),
                         "--timeout", "60")
     assert done.returncode == 0, done.stdout + done.stderr + device.daemon.tail()
