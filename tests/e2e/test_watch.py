@@ -311,3 +311,28 @@ def test_a_daemon_without_a_model_waits_then_serves_after_one_signed_deploy(
     finally:
         again.kill()
     assert wait_for(lambda: not again.alive, 5)
+
+
+# ----- hard examples -------------------------------------------------------------------------
+
+
+def test_low_margin_frames_are_kept_locally_bounded_and_never_published(
+        start: Any, digits_bundle: Path, sets: Sets, tmp_path: Path) -> None:
+    keep = "samples:\n  enabled: true\n  max_margin: 0.6\n  max_count: 5\n"
+    device = start(sets.dark, digits_bundle, loop=True, fps=200, extra=keep)
+    folder = device.state / "samples" / "default"
+    device.wait("result", lambda r: r["seq"] > 150)
+    assert wait_for(lambda: len(list(folder.glob("*.png"))) == 5, TIMEOUT_S)
+    assert device.daemon.terminate() == 0
+    assert len(list(folder.glob("*.png"))) == len(list(folder.glob("*.json"))) == 5
+    listed = run_cli("samples", "list", "--state-dir", str(device.state), "--json")
+    kept = json.loads(listed.stdout)
+    assert len(kept) == 5 and all(s["margin"] < 0.6 and s["pipeline"] == "default"
+                                  for s in kept)
+    assert all(s["model"]["version"] == "1" and s["predictions"] for s in kept)
+    exported = run_cli("samples", "export", str(tmp_path / "export"), "--state-dir",
+                       str(device.state))
+    assert "5 sample(s) exported" in exported.stdout
+    assert len(list((tmp_path / "export" / "default").glob("*.png"))) == 5
+    kinds = {m.topic.rsplit("/", 1)[-1] for m in device.sub.messages()}
+    assert kinds <= {"result", "status", "metrics", "health"}, kinds
