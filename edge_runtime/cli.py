@@ -76,6 +76,12 @@ def run(config_path: Path | None, **flags: Any) -> None:
     from .daemon import Daemon
     from .runconfig import build_config
 
+    bundle = flags.get("bundle")
+    if bundle is not None and not bundle.expanduser().exists():
+        # Named on the command line, it is meant to be there; a config file may name one that a
+        # deploy brings later (a fresh install).
+        raise UsageError(f"bundle {bundle} does not exist (leave --bundle out and the pipeline "
+                         "waits for its first model from deploy)")
     config = build_config(config_path, flags)
     daemon = Daemon(config)
     daemon.install_signal_handlers()
