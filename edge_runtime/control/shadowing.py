@@ -108,7 +108,13 @@ class Shadows:
         serving = pipeline.model
         assert serving is not None
         report = run.report(serving, "promoted", why)
-        result = self._installer.put_in_service(pipeline, run.candidate)
+        try:
+            result = self._installer.put_in_service(pipeline, run.candidate)
+        except CommandRefused as exc:   # the candidate is closed; its files are not needed
+            if run.held is not None:
+                self._store.drop(run.held.parent)
+            pipeline.watcher.publish_shadow(run.report(serving, "discarded", str(exc)))
+            raise
         bundle = run.candidate.bundle
         if run.held is not None:
             kept = self._store.keep(run.held)
