@@ -33,7 +33,10 @@ The model, calibration frames, bundle and video are made once under ``.cache/ben
     python benchmarks/daemon.py [--frames 300] [--threads auto|N] [--rounds 5] [--fps 25]
                                 [--clip vga-mpeg4|720p-h264] [--edge-runtime PATH]
                                 [--latency-frames 150] [--no-tensorflow] [--rebuild]
-                                [--cold-cache] [--json PATH]
+                                [--cold-cache] [--json PATH] [--monitor-cost]
+
+``--monitor-cost`` runs only the daemon, with its health monitor and without (``--no-monitor``)
+in alternating rounds, and times the monitor's ``observe`` per result in this process.
 
 ``--cold-cache`` (root) empties the page cache before each daemon run, as after a reboot: shared
 libraries installed moments ago sit in the cache in large folios on recent kernels, and mapping
@@ -131,7 +134,7 @@ class DaemonRun:
 
 def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, frames: int,
                threads: int | None, fps: float | None = None, cold: bool = False,
-               executable: str | None = None) -> DaemonRun:
+               executable: str | None = None, extra: Sequence[str] = ()) -> DaemonRun:
     device = f"bench-{uuid.uuid4().hex[:6]}"
     host, port = broker
     with tempfile.TemporaryDirectory() as state:
@@ -146,6 +149,7 @@ def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, f
             command += ["--fps", f"{fps:g}"]
         if frames > VIDEO_FRAMES:
             command.append("--loop")
+        command += list(extra)
         if cold:
             drop_page_cache()
         child = run_monitored(command)
@@ -239,6 +243,74 @@ def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
             "invoke_cpu_ms_by_threads": cost.invoke_ms}
 
 
+def measure_monitor(args: argparse.Namespace, assets: Assets) -> dict[str, Any]:
+    """Results/s and CPU per result of the daemon with its health monitor and without it
+    (``--no-monitor``), in alternating rounds (the order flips every round), same threads."""
+    threads = 1 if args.threads == "auto" else int(args.threads)
+    cpu = CpuShare()
+    runs: dict[str, list[LoopRate]] = {"monitor": [], "no_monitor": []}
+    with mosquitto() as broker:
+        arrivals = Arrivals(*broker)
+        try:
+            for number in range(args.rounds):
+                order = ["monitor", "no_monitor"][:: 1 if number % 2 == 0 else -1]
+                for kind in order:
+                    run = run_daemon(assets, broker, arrivals, frames=args.frames,
+                                     threads=threads, executable=args.edge_runtime,
+                                     extra=("--no-monitor",) if kind == "no_monitor" else ())
+                    runs[kind].append(run.steady())
+                print(f"round {number + 1}: " + ", ".join(
+                    f"{k} {v[-1].per_s:.0f}/s {v[-1].cpu_ms:.2f} ms CPU" for k, v in runs.items()),
+                    file=sys.stderr)
+        finally:
+            arrivals.close()
+    ratios = [m.per_s / n.per_s for m, n in zip(runs["monitor"], runs["no_monitor"],
+                                                strict=True)]
+    return {"threads": threads, "rounds": {k: [vars(r) for r in v] for k, v in runs.items()},
+            "ratio_per_pair": ratios, "observe_us": observe_cost_us(),
+            "cpu_elsewhere": cpu.shares()}
+
+
+def observe_cost_us(results: int = 5000) -> dict[str, float]:
+    """The monitor's own cost per result on this machine (window closes included): a 10-class
+    probability vector and a frame of each size."""
+    import time
+
+    from edge_runtime.monitor.health import HealthMonitor, MonitorSettings
+    from edge_runtime.monitor.reference import Reference
+
+    rng = np.random.default_rng(0)
+    probs = [p.astype(np.float32) for p in rng.dirichlet(np.ones(10), results)]
+    costs = {}
+    for name, shape in (("640x480", (480, 640, 3)), ("1280x720", (720, 1280, 3))):
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+        monitor = HealthMonitor(Reference.from_stats({"temperature": 1.5}),
+                                [str(i) for i in range(10)], budget_ms=50.0,
+                                settings=MonitorSettings(window=500))
+        start = time.perf_counter()
+        for p in probs:
+            monitor.observe(latency_ms=2.0, probabilities=p, frame=frame)
+        costs[name] = (time.perf_counter() - start) / results * 1e6
+    return costs
+
+
+def print_monitor(report: dict[str, Any]) -> None:
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+    on, off = report["rounds"]["monitor"], report["rounds"]["no_monitor"]
+    print(f"monitor cost, {len(on)} alternating rounds, {report['threads']} thread(s)")
+    print(f"  results/s with monitor      {spread([r['per_s'] for r in on])}")
+    print(f"  results/s without monitor   {spread([r['per_s'] for r in off])}")
+    print(f"  ratio per pair              {spread(report['ratio_per_pair'])}")
+    print(f"  CPU per result with / without  {spread([r['cpu_ms'] for r in on])} / "
+          f"{spread([r['cpu_ms'] for r in off])} ms")
+    print("  observe() per result        " + ", ".join(
+        f"{k} {v:.1f} µs" for k, v in report["observe_us"].items()))
+    others = report["cpu_elsewhere"]["others"]
+    print(f"  CPU taken by other processes meanwhile: {others:.0%}")
+
+
 def best(rates: Iterable[LoopRate]) -> LoopRate:
     return max(rates, key=lambda rate: rate.per_s)
 
@@ -265,6 +337,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="empty the page cache before each daemon and TensorFlow run, as "
                              "after a reboot (root only)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--monitor-cost", action="store_true",
+                        help="only the daemon with and without its health monitor, alternately")
     parser.add_argument("--edge-runtime", metavar="PATH",
                         help="the daemon to measure (default: the edge-runtime installed beside "
                              "this Python); another version's, to compare two side by side")
@@ -288,6 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     assets = prepare_assets(CACHE, args.rebuild)
     assets = replace(assets, video=assets.clips[args.clip])
+    if args.monitor_cost:
+        report = measure_monitor(args, assets)
+        print_monitor(report)
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return 0
     report = measure(args, assets)
     report.update(machine=machine_description(), threads=args.threads, frames=args.frames,
                   fps=args.fps, latency_frames=args.latency_frames, clip=args.clip,

@@ -327,21 +327,34 @@ def keygen(directory: Path) -> None:
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option("--chunk-size", type=click.IntRange(min=1024), default=256 * 1024,
               show_default=True, help="Largest bundle piece per MQTT message (bytes).")
+@click.option("--canary", type=click.IntRange(min=1),
+              help="Deploy to the first N devices first, in shadow with automatic promotion; "
+                   "the rest once those are healthy.")
+@click.option("--promote-frames", type=click.IntRange(1, 100_000), default=200,
+              show_default=True, help="Canaries: frames compared before promoting.")
+@click.option("--promote-agreement", type=click.FloatRange(0, 1), default=0.95,
+              show_default=True, help="Canaries: top-1 agreement needed to promote.")
+@click.option("--shadow-every", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Canaries: every Nth frame also goes through the candidate.")
 def deploy_cmd(bundle: Path, mqtt_url: str, devices: tuple[str, ...],
                groups: tuple[str, ...], sign_key: Path | None, sequence: int | None,
                pipeline: str | None, prefix: str, timeout: float, chunk_size: int,
-               **mqtt_flags: Any) -> None:
+               canary: int | None, promote_frames: int, promote_agreement: float,
+               shadow_every: int, **mqtt_flags: Any) -> None:
     """Pack, sign and push BUNDLE to devices; wait for each verdict."""
     from edge_runtime.publish.options import settings_from_flags
 
+    from .canary import CanaryPlan
     from .deploy import deploy, results_table
 
     if not devices and not groups:
         raise ConvertError("give at least one --device or --group")
     settings = settings_from_flags(mqtt_url, mqtt_flags)
+    plan = None if canary is None else CanaryPlan(canary, promote_frames, promote_agreement,
+                                                  shadow_every, timeout)
     results = deploy(bundle, url=settings, devices=devices, groups=groups,
                      sign_key=sign_key, sequence=sequence, prefix=prefix, pipeline=pipeline,
-                     timeout=timeout, chunk_size=chunk_size)
+                     timeout=timeout, chunk_size=chunk_size, canary=plan)
     click.echo(results_table(results))
     if not all(r.ok for r in results):
         sys.exit(1)

@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,11 @@ from edge_runtime.publish.payloads import PayloadError, StatusMessage
 from edge_runtime.publish.settings import MqttSettings, parse_mqtt_url
 from edge_runtime.publish.topics import pipeline_name, topic_level
 
+from .canary import CanaryPlan, roll_out
+from .devices import DeviceResult, results_table
 from .errors import ConvertError
 
 DEFAULT_CHUNK = 256 * 1024
-
-
-@dataclass
-class DeviceResult:
-    device: str
-    ok: bool | None = None
-    error: str | None = None
-    old_version: str | None = None
-    new_version: str | None = None
-    seconds: float | None = None
-    reply: dict[str, Any] = field(default_factory=dict)
 
 
 def group_members(client: mqtt.Client, prefix: str, group: str, wait_s: float = 1.5) -> list[str]:
@@ -62,11 +52,13 @@ def group_members(client: mqtt.Client, prefix: str, group: str, wait_s: float = 
 def deploy(bundle: Path, *, url: str | MqttSettings, devices: Sequence[str],
            groups: Sequence[str] = (), sign_key: Path | None = None, prefix: str = "edge",
            pipeline: str | None = None, timeout: float = 120.0,
-           chunk_size: int = DEFAULT_CHUNK, sequence: int | None = None) -> list[DeviceResult]:
+           chunk_size: int = DEFAULT_CHUNK, sequence: int | None = None,
+           canary: CanaryPlan | None = None) -> list[DeviceResult]:
     """Push ``bundle`` to ``devices`` and the members of ``groups``. ``url``: the broker as a URL
     or as settings (TLS, client certificate, password…). Signed here, it is signed as release
     ``sequence`` and for ``groups`` (none: any device), so that a device outside them, or one
-    that already served a newer release, refuses it."""
+    that already served a newer release, refuses it. With ``canary``, the first devices get it
+    in shadow first, and the rest only once those are healthy (:mod:`.canary`)."""
     settings = parse_mqtt_url(url) if isinstance(url, str) else url
     check_targets(devices, groups, prefix, pipeline)
     archive_path = _archive(bundle, sign_key, sequence, groups)
@@ -80,10 +72,18 @@ def deploy(bundle: Path, *, url: str | MqttSettings, devices: Sequence[str],
         if not targets:
             raise ConvertError("no devices to deploy to (give --device, or --group with members "
                                "online)")
-        return _push(client, archive, targets, prefix=prefix, pipeline=pipeline,
-                     timeout=timeout, chunk_size=chunk_size,
-                     name=manifest.name if manifest else bundle.name,
-                     version=manifest.version if manifest else "")
+        name = manifest.name if manifest else bundle.name
+        version = manifest.version if manifest else ""
+
+        def push(devices: list[str], extra: dict[str, Any] | None = None) -> list[DeviceResult]:
+            return _push(client, archive, devices, prefix=prefix, pipeline=pipeline,
+                         timeout=timeout, chunk_size=chunk_size, name=name, version=version,
+                         extra=extra)
+
+        if canary is None:
+            return push(targets)
+        model = {"version": version, **({"sha256": manifest.sha256} if manifest else {})}
+        return roll_out(client, targets, canary, push=push, prefix=prefix, model=model)
     finally:
         # DISCONNECT first, while the network loop runs: it goes out, and the loop ends at once.
         client.disconnect()
@@ -138,7 +138,7 @@ def _subscribe(client: mqtt.Client, topics: list[str], timeout: float = 30.0) ->
 
 def _push(client: mqtt.Client, archive: bytes, targets: list[str], *, prefix: str,
           pipeline: str | None, timeout: float, chunk_size: int, name: str,
-          version: str) -> list[DeviceResult]:
+          version: str, extra: dict[str, Any] | None = None) -> list[DeviceResult]:
     results = {d: DeviceResult(d) for d in targets}
     transfer = uuid.uuid4().hex[:16]
     lock = threading.Lock()
@@ -157,8 +157,10 @@ def _push(client: mqtt.Client, archive: bytes, targets: list[str], *, prefix: st
             r = results[device]
             r.ok, r.error, r.reply = bool(reply.get("ok")), reply.get("error"), reply
             r.seconds = round(time.monotonic() - started, 2)
-            r.new_version = (reply.get("model") or {}).get("version")
-            r.old_version = (reply.get("previous") or {}).get("version")
+            new, old = (("candidate", "model") if reply.get("mode") == "shadow"
+                        else ("model", "previous"))
+            r.new_version = (reply.get(new) or {}).get("version")
+            r.old_version = (reply.get(old) or {}).get("version")
             if all(x.ok is not None for x in results.values()):
                 finished.set()
 
@@ -173,6 +175,7 @@ def _push(client: mqtt.Client, archive: bytes, targets: list[str], *, prefix: st
                        "data": base64.b64encode(piece).decode("ascii")}
             if pipeline:
                 message["pipeline"] = pipeline
+            message.update(extra or {})
             client.publish(f"{prefix}/{device}/cmd/deploy", json.dumps(message), qos=1)
     finished.wait(timeout)
     with lock:
@@ -182,16 +185,4 @@ def _push(client: mqtt.Client, archive: bytes, targets: list[str], *, prefix: st
         return [results[d] for d in targets]
 
 
-def results_table(results: Sequence[DeviceResult]) -> str:
-    rows = [("device", "version", "result", "time")]
-    for r in results:
-        versions = f"{r.old_version or '?'} → {r.new_version or '?'}" if r.ok else "-"
-        rows.append((r.device, versions, "ok" if r.ok else f"FAILED: {r.error}",
-                     f"{r.seconds:.2f} s" if r.seconds is not None else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    ok = sum(1 for r in results if r.ok)
-    lines.append(f"{ok}/{len(results)} device(s) updated")
-    return "\n".join(lines)
+__all__ = ["DeviceResult", "deploy", "results_table"]

@@ -68,11 +68,20 @@ def cli(verbose: int) -> None:
 @click.option("--delegate", help="xnnpack, edgetpu[:usb|:pci], gpu, none, or a .so path.")
 @click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
               help="ed25519 public key; only bundles signed by a trusted key load.")
+@click.option("--monitor-window", type=click.IntRange(min=10),
+              help="Results per health window (default 500; monitor: in the config).")
+@click.option("--no-monitor", is_flag=True, default=None, help="Do not watch results.")
 def run(config_path: Path | None, **flags: Any) -> None:
     """Run the daemon (from --config, or one pipeline from flags)."""
     from .daemon import Daemon
     from .runconfig import build_config
 
+    bundle = flags.get("bundle")
+    if bundle is not None and not bundle.expanduser().exists():
+        # Named on the command line, it is meant to be there; a config file may name one that a
+        # deploy brings later (a fresh install).
+        raise UsageError(f"bundle {bundle} does not exist (leave --bundle out and the pipeline "
+                         "waits for its first model from deploy)")
     config = build_config(config_path, flags)
     daemon = Daemon(config)
     daemon.install_signal_handlers()
@@ -139,6 +148,53 @@ def broker(port: int) -> None:
         run_embedded_broker("127.0.0.1", port)
     except KeyboardInterrupt:
         pass
+
+
+@cli.group()
+def samples() -> None:
+    """Hard examples kept on this board (``samples: {enabled: true}``): never published."""
+
+
+def _samples_root(config_path: Path | None, state_dir: Path | None) -> Path:
+    from .config import load_config
+    from .system.paths import default_state_dir
+
+    if state_dir is not None:
+        return state_dir / "samples"
+    if config_path is not None:
+        return load_config(config_path).resolved_state_dir / "samples"
+    return default_state_dir() / "samples"
+
+
+@samples.command("list")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Default: the config's.")
+@click.option("--json", "as_json", is_flag=True)
+def samples_list(config_path: Path | None, state_dir: Path | None, as_json: bool) -> None:
+    """The kept samples, oldest first: pipeline, frame, top prediction, margin."""
+    from .monitor.samples import list_samples
+
+    found = list_samples(_samples_root(config_path, state_dir))
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for s in found:
+        best = (s.get("predictions") or [{}])[0]
+        click.echo(f"{s['pipeline']}  {s['id']}  {s['frame']['ref']}  {best.get('label')} "
+                   f"{best.get('score')}  margin {s.get('margin')}")
+    click.echo(f"{len(found)} sample(s)")
+
+
+@samples.command("export")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config.")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Default: the config's.")
+def samples_export(dest: Path, config_path: Path | None, state_dir: Path | None) -> None:
+    """Copy the kept samples (image and result) to DEST/<pipeline>/."""
+    from .monitor.samples import export_samples
+
+    count = export_samples(_samples_root(config_path, state_dir), dest)
+    click.echo(f"{count} sample(s) exported to {dest}")
 
 
 @cli.command("check-config")

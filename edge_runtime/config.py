@@ -100,7 +100,9 @@ class ModelHints(_Model):
 
 class PipelineConfig(_Model):
     name: str = Field("default", description="Pipeline name, the P in edge/D/P/result.")
-    bundle: Path = Field(..., description="Bundle directory, packed .tar.gz, or a bare .tflite.")
+    bundle: Path | None = Field(
+        None, description="Bundle directory, packed .tar.gz, or a bare .tflite. None yet (or not "
+                          "there yet): the pipeline waits for its first model from deploy.")
     source: str = Field(..., description="Image folder, video, rtsp://, camera, serial://, csv:, -.")
     fps: float | None = Field(None, gt=0, description="Pace a file source (a camera has its own).")
     loop: bool = Field(False, description="Repeat a file or folder source.")
@@ -154,6 +156,34 @@ class CommandConfig(_Model):
                                                      "dropped and answered.")
 
 
+class MonitorConfig(_Model):
+    enabled: bool = Field(True, description="Watch every pipeline's results against its bundle's "
+                                            "reference; publish edge/D/P/health per window.")
+    window: int = Field(500, ge=10, le=1_000_000, description="Results per health window.")
+    max_window_s: float = Field(300.0, gt=0, description="A window closes after this long at "
+                                                         "low rates.")
+    min_results: int = Field(30, ge=1, description="A window with fewer results is not judged.")
+    psi_warn: float = Field(0.1, gt=0, description="PSI at which a shift warns.")
+    psi_alarm: float = Field(0.25, gt=0, description="PSI at which a shift is an alarm.")
+    accuracy_warn_points: float = Field(3.0, gt=0, description="Estimated accuracy this many "
+                                                               "points under the reference: warn.")
+    accuracy_alarm_points: float = Field(8.0, gt=0, description="... and alarm.")
+    frozen_alarm_share: float = Field(0.5, gt=0, le=1, description="Share of frozen frames that "
+                                                                   "is an alarm.")
+    blank_alarm_share: float = Field(0.5, gt=0, le=1, description="Share of blank frames that is "
+                                                                  "an alarm.")
+    watch_windows: int = Field(2, ge=0, le=100, description="Windows watched after a model "
+                                                            "swap: an alarm in them rolls back.")
+
+
+class SamplesConfig(_Model):
+    enabled: bool = Field(False, description="Keep low-margin frames in STATE/samples (never "
+                                             "published).")
+    max_margin: float = Field(0.2, gt=0, le=1, description="Top-1 minus top-2 below this: kept.")
+    max_count: int = Field(500, ge=1, description="Samples kept at most (oldest go first).")
+    max_bytes: int = Field(64 * 2**20, ge=65536, description="Bytes kept at most.")
+
+
 class HomeAssistantConfig(_Model):
     enabled: bool = Field(False, description="Publish Home Assistant MQTT discovery.")
     prefix: str = Field("homeassistant", description="Discovery prefix.")
@@ -174,6 +204,8 @@ class DaemonConfig(_Model):
     commands: CommandConfig = Field(default_factory=CommandConfig)  # type: ignore[arg-type]
     drain_timeout_s: float = Field(5.0, ge=0, description="Outbox drain time on shutdown.")
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)  # type: ignore[arg-type]
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)  # type: ignore[arg-type]
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)  # type: ignore[arg-type]
     pipelines: list[PipelineConfig] = Field(..., min_length=1)
 
     @field_validator("device_id")
@@ -229,7 +261,8 @@ def load_config(path: Path, overlay: Callable[[dict[str, Any]], None] | None = N
         if value is not None:
             setattr(mqtt, key, _anchored(value, base))
     for pipeline in config.pipelines:
-        pipeline.bundle = _anchored(pipeline.bundle, base)
+        if pipeline.bundle is not None:
+            pipeline.bundle = _anchored(pipeline.bundle, base)
         if pipeline.model.labels is not None:
             pipeline.model.labels = _anchored(pipeline.model.labels, base)
         pipeline._base_dir = base

@@ -23,6 +23,9 @@ from .config import DaemonConfig, PipelineConfig
 from .control.verbs import Control
 from .metrics import MetricsRegistry
 from .model import LoadedModel, ModelError, ModelLoader
+from .monitor.health import MonitorSettings
+from .monitor.samples import SampleKeeper
+from .monitor.watcher import Watcher
 from .pipeline import Pipeline
 from .publish.mqtt import MqttLink
 from .publish.outbox import Outbox
@@ -59,14 +62,17 @@ class Daemon:
         self._described: list[tuple[object, ...]] = []  # threads and decoding, as status says
         self._pipeline_states: dict[str, tuple[str, str]] = {}
         self.loader = ModelLoader(self.state_dir, config.trusted_keys)
-        models = self._load_models()
+        store = BundleStore(self.state_dir, config.commands.bundle_roots, config.trusted_keys,
+                            config.groups)
+        store.drop(self.state_dir / "shadow")   # candidates of a previous run: never decided
+        models = self._load_models(store)
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", config.outbox.max_messages,
                              config.outbox.max_bytes, config.outbox.synchronous)
         self.pipelines: dict[str, Pipeline] = {}
-        store = BundleStore(self.state_dir, config.commands.bundle_roots, config.trusted_keys,
-                            config.groups)
+        self.reports: dict[str, bytes] = {}   # the last health and shadow reports, retained
         for name, model in models.items():
-            store.releases.record(model.bundle, name)
+            if model is not None:
+                store.releases.record(model.bundle, name)
         self.warnings = self._trust_warnings()
         self.control = Control(self.pipelines, loader=self.loader, store=store,
                                reply=self._reply, on_model_changed=self.refresh_status,
@@ -80,22 +86,55 @@ class Daemon:
                 pc, models[pc.name], device=config.device_id,
                 result_topic=self.topics.result(pc.name), outbox=self.outbox,
                 wake=self.link.wake, metrics=self.registry.pipeline(pc.name),
-                on_state=self._pipeline_state)
+                on_state=self._pipeline_state, watcher=self._watcher(pc.name))
         self.registry.set_gauge("outbox_depth", self.outbox.depth)
         self.registry.set_gauge("outbox_bytes", self.outbox.size_bytes)
         self.registry.set_gauge("outbox_dropped", lambda: self.outbox.dropped)
         self.registry.set_gauge("mqtt_connected", lambda: self.link.connected)
 
-    def _load_models(self) -> dict[str, LoadedModel]:
-        models: dict[str, LoadedModel] = {}
+    def _load_models(self, store: BundleStore) -> dict[str, LoadedModel | None]:
+        """Each pipeline's model; None for one whose bundle is not there yet (a fresh install:
+        it waits for ``deploy``, or serves what a deploy installed before a restart)."""
+        models: dict[str, LoadedModel | None] = {}
         try:
             for pc in self.config.pipelines:
-                models[pc.name] = self.loader.load(pc)
+                models[pc.name] = self._load_model(pc, store)
         except ModelError:
             for m in models.values():
-                m.close()
+                if m is not None:
+                    m.close()
             raise
         return models
+
+    def _load_model(self, pc: PipelineConfig, store: BundleStore) -> LoadedModel | None:
+        if pc.bundle is not None and (pc.bundle.exists() or pc.bundle.is_symlink()):
+            return self.loader.load(pc)
+        installed = store.remembered(pc.name)
+        if installed is not None:
+            log.info("pipeline %s: serving %s, installed here by a command", pc.name, installed)
+            return self.loader.load(pc, self.loader.resolve(installed, pc))
+        log.warning("pipeline %s: %s; waiting for a model from deploy", pc.name,
+                    f"bundle {pc.bundle} is not there yet" if pc.bundle else "no bundle yet")
+        return None
+
+    def _watcher(self, name: str) -> Watcher:
+        m, s = self.config.monitor, self.config.samples
+        settings = None if not m.enabled else MonitorSettings(
+            window=m.window, max_window_s=m.max_window_s,
+            min_results=min(m.min_results, m.window), psi_warn=m.psi_warn,
+            psi_alarm=m.psi_alarm, accuracy_warn_points=m.accuracy_warn_points,
+            accuracy_alarm_points=m.accuracy_alarm_points,
+            frozen_alarm_share=m.frozen_alarm_share, blank_alarm_share=m.blank_alarm_share)
+        keeper = SampleKeeper(self.state_dir / "samples" / name, max_margin=s.max_margin,
+                              max_count=s.max_count, max_bytes=s.max_bytes) if s.enabled else None
+
+        def publish(kind: str, report: dict[str, Any]) -> None:
+            topic = self.topics.pipeline_topic(name, kind)
+            payload = encode(report)
+            self.reports[topic] = payload
+            self.link.publish(topic, payload, qos=1, retain=True)
+
+        return Watcher(settings, publish, watch_windows=m.watch_windows, keeper=keeper)
 
     def _trust_warnings(self) -> list[str]:
         """What the operator should know about who may change the model; logged and in status."""
@@ -175,7 +214,12 @@ class Daemon:
             log.warning("%d result(s) not yet acknowledged stay in the outbox for next time", left)
         self.outbox.close()
         for p in self.pipelines.values():
-            p.model.close()
+            run = p.watcher.take_shadow()
+            for model in (p.model, run.candidate if run else None):
+                if model is not None:
+                    model.close()
+            if p.watcher.keeper is not None:
+                p.watcher.keeper.close()
         self.state_lock.release()
 
     def _await_broker(self, deadline: float) -> None:
@@ -184,7 +228,10 @@ class Daemon:
             time.sleep(TICK_S)
 
     def _announce(self) -> None:
-        """Home Assistant discovery (opt-in), re-sent on every (re)connect; retained."""
+        """The last health and shadow reports and Home Assistant discovery (opt-in), re-sent on
+        every (re)connect; retained."""
+        for topic, payload in list(self.reports.items()):
+            self.link.publish(topic, payload, qos=1, retain=True)
         ha = self.config.homeassistant
         if not ha.enabled:
             return
@@ -197,7 +244,7 @@ class Daemon:
     def _failed_pipelines(self) -> list[str]:
         """Pipelines that ended although their source had not and no frame limit was reached."""
         return [p.name for p in self.pipelines.values()
-                if not p.capture.finished
+                if p.capture is not None and not p.capture.finished
                 and (p.config.max_frames is None or p.results < p.config.max_frames)]
 
     def _pet_watchdog(self) -> None:
@@ -218,8 +265,13 @@ class Daemon:
         reasons = [f"{name}: {reason}" for name, (state, reason) in self._pipeline_states.items()
                    if state == "degraded"]
         for p in self.pipelines.values():
-            if p.model.backend.fell_back:
+            model = p.model
+            if model is not None and model.backend.fell_back:
                 reasons.append(f"{p.name}: delegate unavailable, running on the CPU")
+            health = p.watcher.last_health
+            if model is not None and health is not None and health["verdict"] == "alarm" \
+                    and health.get("model") == model.bundle.model_info:
+                reasons.append(f"{p.name}: health alarm: {'; '.join(health['reasons'])}")
         if self.outbox.problem:
             reasons.append(self.outbox.problem)
         if self.outbox.dropped:
@@ -244,10 +296,12 @@ class Daemon:
             "device": self.config.device_id, "version": __version__,
             "groups": list(self.config.groups),
             **({"warnings": list(self.warnings)} if self.warnings else {}),
-            "pipelines": {name: {"model": p.model.bundle.model_info, "paused": p.paused,
+            "pipelines": {name: {"state": "waiting" if p.model is None else "serving",
+                                 "model": p.model.bundle.model_info if p.model else None,
+                                 "paused": p.paused,
                                  "source": redact(self.config_for(name).source),
                                  "threads": p.threads_status(),
-                                 "decode": p.decode_status()}
+                                 "decode": p.decode_status(), **p.watcher.status()}
                           for name, p in self.pipelines.items()},
         }
 

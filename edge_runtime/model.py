@@ -21,6 +21,7 @@ import numpy as np
 from edge_runtime.bundles.manifest import Bundle, BundleError
 from edge_runtime.bundles.resolve import Hints, resolve_bundle
 from edge_runtime.errors import EdgeError
+from edge_runtime.monitor.golden import GoldenMismatch, check_bundle
 from edge_runtime.system.sysinfo import cpu_count
 
 from .backends import Backend, BackendError, load_backend
@@ -206,11 +207,19 @@ class ModelLoader:
     def load(self, config: PipelineConfig, bundle: Bundle | None = None) -> LoadedModel:
         """``config``'s model: its own bundle path, or ``bundle`` (already resolved) instead."""
         if bundle is None:
+            if config.bundle is None:
+                raise ModelError(f"pipeline {config.name} names no bundle")
             bundle = self.resolve(config.bundle, config)
         threads = config.threads if isinstance(config.threads, int) else None
-        return open_bundle(bundle, threads=threads, delegate=config.delegate,
-                           allow_cpu_fallback=config.allow_cpu_fallback, hints=hints_for(config),
-                           params=config.postprocess)
+        model = open_bundle(bundle, threads=threads, delegate=config.delegate,
+                            allow_cpu_fallback=config.allow_cpu_fallback,
+                            hints=hints_for(config), params=config.postprocess)
+        try:
+            model.extra["golden"] = check_bundle(bundle.root, model.backend, model.spec)
+        except GoldenMismatch as exc:
+            model.close()
+            raise ModelError(f"{bundle.name} v{bundle.version} refused: {exc}") from None
+        return model
 
 
 def hints_for(config: PipelineConfig) -> Hints:

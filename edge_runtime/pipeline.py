@@ -24,15 +24,16 @@ from .backends import BackendError
 from .config import PipelineConfig
 from .frames import Frame
 from .metrics import PipelineMetrics
-from .model import LoadedModel
+from .model import LoadedModel, Timings
+from .monitor.watcher import Watcher
+from .postprocess import Outcome
 from .publish.outbox import Outbox
 from .publish.payloads import FrameInfo, ModelInfo, ResultMessage, Timing
 from .redact import redact
 from .sources import SourceOptions, WindowSpec, open_source
 from .sources.capture import Capture
 from .stages import PreprocessStage
-from .system.sysinfo import cpu_count
-from .tuning import Layout, ThreadTuner, layouts
+from .tuning import Layout, ThreadTuner, tuner_for
 
 log = logging.getLogger(__name__)
 GET_TIMEOUT_S = 0.25
@@ -42,9 +43,10 @@ StateCallback = Callable[[str, str, str], None]   # (pipeline, state, reason)
 
 
 class Pipeline:
-    def __init__(self, config: PipelineConfig, model: LoadedModel, *, device: str,
+    def __init__(self, config: PipelineConfig, model: LoadedModel | None, *, device: str,
                  result_topic: str, outbox: Outbox, wake: Callable[[], None],
-                 metrics: PipelineMetrics, on_state: StateCallback | None = None) -> None:
+                 metrics: PipelineMetrics, on_state: StateCallback | None = None,
+                 watcher: Watcher | None = None) -> None:
         self.config = config
         self.name = config.name
         self.device = device
@@ -53,8 +55,8 @@ class Pipeline:
         self._wake = wake
         self.metrics = metrics
         self._on_state = on_state
-        self._model = model
-        self.preprocess = PreprocessStage(model.spec)
+        self._model: LoadedModel | None = None
+        self.watcher = watcher or Watcher(None, lambda _kind, _report: None)
         self.previous: LoadedModel | None = None
         self._swap_lock = threading.Lock()
         self.policy = PublishPolicy(_policy_settings(config))
@@ -67,17 +69,33 @@ class Pipeline:
         self.source_reason = ""
         self._store_failing = False
         self._thread: threading.Thread | None = None
-        source = open_source(config.source, self._source_options(model))
+        self._ready = threading.Event()
+        self.preprocess: PreprocessStage | None = None
+        self.capture: Capture | None = None
+        self._tuner: ThreadTuner | None = None
+        self._retune = False
+        if model is not None:
+            self._attach(model)
+        else:
+            self.metrics.set_info("state", "waiting")
+
+    def _attach(self, model: LoadedModel) -> None:
+        """Serve the first model: the source is opened for it (its input guides decoding)."""
+        self.preprocess = PreprocessStage(model.spec)
+        source = open_source(self.config.source, self._source_options(model))
         self.capture = Capture(source, on_state=self._source_state,
                                ahead=None if source.live else self.preprocess)
-        self._tuner = _tuner_for(config, model)
+        self._tuner = tuner_for(self.config.threads, model)
         self._retune = self._tuner is not None
+        self._model = model
+        self.watcher.serve(model, swapped=False)
+        self.metrics.set_info("state", "serving")
         self._describe_model(model)
+        self._ready.set()
 
     # ----- control ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.capture.start()
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}",
                                         daemon=True)
         self._thread.start()
@@ -85,7 +103,8 @@ class Pipeline:
     def stop(self) -> None:
         """Stop capture; the frame in flight finishes and is published."""
         self._stop.set()
-        self.capture.stop()
+        if self.capture is not None:
+            self.capture.stop()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -102,17 +121,28 @@ class Pipeline:
         return self._paused.is_set()
 
     @property
-    def model(self) -> LoadedModel:
+    def model(self) -> LoadedModel | None:
+        """The model served; None while the pipeline waits for its first one."""
         return self._model
 
-    def swap_model(self, new: LoadedModel) -> LoadedModel:
-        """Serve ``new`` from the next frame on; return the model it replaced."""
+    @property
+    def waiting(self) -> bool:
+        return self._model is None
+
+    def swap_model(self, new: LoadedModel) -> LoadedModel | None:
+        """Serve ``new`` from the next frame on; return the model it replaced (None: the first
+        model of a waiting pipeline, whose source opens now)."""
         with self._swap_lock:
-            old, self._model = self._model, new
+            old = self._model
+            if old is None or self.preprocess is None:
+                self._attach(new)
+                return None
+            self._model = new
             self.previous = old
             self.preprocess.retarget(new.spec)
             self._retune = self._tuner is not None
         self.policy.reset()
+        self.watcher.serve(new, swapped=True)
         self._describe_model(new)
         return old
 
@@ -120,6 +150,10 @@ class Pipeline:
 
     def _run(self) -> None:
         try:
+            if not self._await_model():
+                return
+            assert self.capture is not None
+            self.capture.start()
             self._loop()
         except Exception:
             log.exception("pipeline %s stopped by an unexpected error", self.name)
@@ -127,7 +161,16 @@ class Pipeline:
         finally:
             self.done.set()
 
+    def _await_model(self) -> bool:
+        """Wait for the first model (a fresh install); False when stopped first."""
+        while not self._ready.is_set():
+            self.last_beat = time.monotonic()   # waiting is not hanging
+            if self._stop.wait(GET_TIMEOUT_S):
+                return False
+        return True
+
     def _loop(self) -> None:
+        assert self.capture is not None
         limit = self.config.max_frames
         while not self._stop.is_set():
             self.last_beat = time.monotonic()
@@ -155,7 +198,9 @@ class Pipeline:
 
     def _process(self, frame: Frame) -> bool:
         with self._swap_lock:
-            model, generation = self._model, self.preprocess.generation
+            model, stage = self._model, self.preprocess
+        assert model is not None and stage is not None
+        generation = stage.generation
         ready = frame.input
         if ready is not None and ready.generation != generation:
             ready = None   # made for the model served before a swap
@@ -169,6 +214,7 @@ class Pipeline:
         read_ms = frame.meta.get("read_ms")
         if isinstance(read_ms, float):
             self.metrics.record_ms("read", read_ms)
+        self._watch(frame, model, outcome, t)
         if self._tuner is not None:
             self._apply(self._tuner.observe(time.monotonic(), invoke_ms=t.inference,
                                             preprocess_ms=t.preprocess,
@@ -200,6 +246,14 @@ class Pipeline:
             self._score(frame.label, outcome.top_label)
         return True
 
+    def _watch(self, frame: Frame, model: LoadedModel, outcome: Outcome, t: Timings) -> None:
+        try:
+            self.watcher.observe(frame, model, outcome, t)
+        except Exception:   # watching must never stop serving
+            self.metrics.counters.inc("watch_errors")
+            if self.metrics.counters.get("watch_errors") == 1:
+                log.exception("pipeline %s: the monitor failed on a result", self.name)
+
     def _store(self, message: ResultMessage) -> bool:
         """Put the result in the outbox. When the disk refuses (full, I/O error, locked) the
         result is skipped and counted, status says why, and the pipeline keeps serving."""
@@ -229,7 +283,7 @@ class Pipeline:
 
     def _apply(self, layout: Layout | None) -> None:
         """Serve the next frames with ``layout`` (between two frames, on the pipeline thread)."""
-        if layout is not None:
+        if layout is not None and self.capture is not None and self._model is not None:
             self.capture.set_ahead(self.preprocess if layout.ahead else None)
             with self._swap_lock:
                 try:
@@ -241,22 +295,26 @@ class Pipeline:
 
     def decode_status(self) -> dict[str, object]:
         """How the source decodes frames: the decoder, the JPEG scale, why hardware is not used."""
-        return dict(self.capture.source.decoding)
+        return dict(self.capture.source.decoding) if self.capture is not None else {}
 
     @property
     def described(self) -> tuple[object, ...]:
         """Changes whenever what status says about the threads or the decoding changes."""
         rounds = self._tuner.rounds if self._tuner is not None else 0
-        return rounds, tuple(sorted(self.decode_status().items()))
+        shadow = self.watcher.shadow
+        return (rounds, tuple(sorted(self.decode_status().items())), self._model is None,
+                self.watcher.verdict, shadow.candidate.bundle.sha256 if shadow else None)
 
     def threads_status(self) -> dict[str, Any]:
         """What the pipeline runs with and why, for status and metrics."""
+        model = self._model
+        if model is None or self.capture is None:
+            return {}
         if self._tuner is not None:
             report = self._tuner.report()
             if self._tuner.measuring or self._tuner.chosen is None:
-                report["threads"] = self._model.backend.threads
+                report["threads"] = model.backend.threads
             return report
-        model = self._model
         why = ("set in the config" if isinstance(self.config.threads, int)
                else f"the {model.backend.delegate} delegate runs the model")
         return {"mode": "fixed", "threads": model.backend.threads, "reason": why,
@@ -294,7 +352,7 @@ class Pipeline:
 
     def snapshot(self) -> dict[str, Any]:
         snap = self.metrics.snapshot()
-        stats = self.capture.stats
+        stats = self.capture.stats if self.capture is not None else {}
         frames = dict(snap.get("frames", {}))  # type: ignore[call-overload]
         frames.update(captured=stats.get("captured", 0), dropped=stats.get("dropped", 0),
                       unreadable=stats.get("unreadable", 0) + frames.get("errors", 0),
@@ -304,17 +362,8 @@ class Pipeline:
         snap["paused"] = self.paused
         snap["source"] = {"state": self.source_state, "reason": self.source_reason}
         snap["decode"] = self.decode_status()
+        snap.update(self.watcher.status())
         return snap
-
-
-def _tuner_for(config: PipelineConfig, model: LoadedModel) -> ThreadTuner | None:
-    """A tuner when the threads are left to measurement and the CPU runs the model."""
-    if isinstance(config.threads, int) or not model.retunable:
-        return None
-    candidates = layouts(cpu_count(), images=model.spec.is_image)
-    # The thread count the model was built with first: one interpreter fewer to build.
-    candidates.sort(key=lambda layout: layout.threads != model.backend.threads)
-    return ThreadTuner(candidates) if len(candidates) > 1 else None
 
 
 def _policy_settings(config: PipelineConfig) -> PolicySettings:

@@ -49,7 +49,7 @@ def _load_file(path: Path, flags: dict[str, Any]) -> DaemonConfig:
     def from_flags(data: dict[str, Any]) -> None:
         pipelines = data.get("pipelines")
         if pipelines is None or pipelines == []:
-            if len(given) == 2:
+            if "source" in given:
                 data["pipelines"] = [{"name": flags.get("pipeline_name") or "default", **given}]
             return
         if not isinstance(pipelines, list):
@@ -96,6 +96,13 @@ def _apply_device_flags(data: dict[str, Any], flags: dict[str, Any]) -> None:
             mqtt[key] = flags[flag]
     if mqtt:
         data["mqtt"] = mqtt
+    monitor = dict(data.get("monitor") or {})
+    if _given(flags, "monitor_window"):
+        monitor["window"] = flags["monitor_window"]
+    if flags.get("no_monitor"):
+        monitor["enabled"] = False
+    if monitor:
+        data["monitor"] = monitor
     if _given(flags, "trusted_keys"):
         data["trusted_keys"] = [*data.get("trusted_keys", []), *flags["trusted_keys"]]
 
@@ -127,8 +134,9 @@ def _apply_pipeline_flags(data: dict[str, Any], flags: dict[str, Any], *, from_f
                            else _expanded(flag, flags[flag]))
     if hints:
         target["model"] = hints
-    if not target.get("bundle") or not target.get("source"):
-        raise ConfigError("give --bundle and --source (or --config FILE)")
+    if not target.get("source"):
+        raise ConfigError("give --source and --bundle (or --config FILE); without --bundle the "
+                          "pipeline waits for its first model from deploy")
     data["pipelines"] = pipelines
     return str(target.get("name", "default"))
 
@@ -159,6 +167,7 @@ def check_config_file(path: Path) -> list[str]:
 
     config = load_config(path)
     problems: list[str] = []
+    notes: list[str] = []
     try:
         config.mqtt.settings(config.device_id)
     except ValueError as exc:
@@ -169,14 +178,16 @@ def check_config_file(path: Path) -> list[str]:
             open_source(p.source, SourceOptions(base_dir=p.base_dir))
         except (SourceError, ValueError) as exc:
             problems.append(f"{where}: source: {exc}")
-        if not p.bundle.exists():
-            problems.append(f"{where}: bundle {p.bundle} does not exist")
+        if p.bundle is None or not p.bundle.exists():
+            missing = f"bundle {p.bundle} does not exist yet" if p.bundle else "no bundle yet"
+            notes.append(f"{where}: {missing}; the pipeline waits for one from deploy")
         elif p.bundle.is_dir():
             try:
                 resolve_bundle(p.bundle, trusted_keys=config.trusted_keys)
             except Exception as exc:
                 problems.append(f"{where}: bundle: {exc}")
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError("; ".join([*problems, *notes]))
     names = ", ".join(p.name for p in config.pipelines)
-    return [f"{path}: ok — device {config.device_id}, {len(config.pipelines)} pipeline(s): {names}"]
+    return [f"{path}: ok — device {config.device_id}, {len(config.pipelines)} pipeline(s): {names}",
+            *notes]

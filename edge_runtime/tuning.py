@@ -19,7 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from edge_runtime.system.sysinfo import cpu_count
+
+if TYPE_CHECKING:
+    from edge_runtime.model import LoadedModel
 
 SETTLE_FRAMES = 2          # frames left out after a switch: a new interpreter's first invokes
 WINDOW_FRAMES = 8          # a measuring window holds at least this many results…
@@ -203,3 +208,13 @@ class ThreadTuner:
             "decided_after_frames": self.decided_after_frames,
             "measured": [m.summary() for m in self.measured.values() if m.frames],
         }
+
+
+def tuner_for(threads: int | str | None, model: LoadedModel) -> ThreadTuner | None:
+    """A tuner when the threads are left to measurement and the CPU runs the model."""
+    if isinstance(threads, int) or not model.retunable:
+        return None
+    candidates = layouts(cpu_count(), images=model.spec.is_image)
+    # The thread count the model was built with first: one interpreter fewer to build.
+    candidates.sort(key=lambda layout: layout.threads != model.backend.threads)
+    return ThreadTuner(candidates) if len(candidates) > 1 else None

@@ -1,4 +1,5 @@
-"""``edge-runtime watch``: a subscriber that pretty-prints results, status and metrics."""
+"""``edge-runtime watch``: a subscriber that pretty-prints results, status, metrics, health and
+shadow reports."""
 
 from __future__ import annotations
 
@@ -60,6 +61,27 @@ def describe_metrics(device: str, msg: dict[str, Any]) -> str:
     return f"{device} metrics: {'; '.join(parts)}; outbox {outbox}"
 
 
+def describe_health(device: str, pipeline: str, msg: dict[str, Any]) -> str:
+    accuracy = msg.get("estimated_accuracy")
+    window = msg.get("window") or {}
+    shown = f", estimated accuracy {accuracy * 100:.1f}%" if isinstance(accuracy, float) else ""
+    reasons = msg.get("reasons") or []
+    rollback = msg.get("rollback")
+    tail = f" — rolled back to v{rollback['to']['version']}" if isinstance(rollback, dict) else ""
+    return (f"{device}/{pipeline} health {str(msg.get('verdict', '?')).upper()} "
+            f"(window {window.get('index')}, {window.get('results')} results{shown})"
+            f"{': ' + '; '.join(map(str, reasons)) if reasons else ''}{tail}")
+
+
+def describe_shadow(device: str, pipeline: str, msg: dict[str, Any]) -> str:
+    candidate = (msg.get("candidate") or {}).get("version")
+    agreement = msg.get("agreement")
+    shown = f"{agreement * 100:.1f}%" if isinstance(agreement, float | int) else "-"
+    reason = f" — {msg['reason']}" if msg.get("reason") else ""
+    return (f"{device}/{pipeline} shadow v{candidate} {msg.get('state')}: agreement {shown} over "
+            f"{msg.get('compared')} frame(s){reason}")
+
+
 def watch(settings: MqttSettings, device: str, prefix: str, *, count: int | None = None,
           timeout: float | None = None, as_json: bool = False) -> int:
     """Print what ``device`` (``+``: every device) publishes until ``count`` results or
@@ -86,6 +108,10 @@ def watch(settings: MqttSettings, device: str, prefix: str, *, count: int | None
             print(describe_status(parts[1], payload), flush=True)
         elif parts[-1] == "metrics" and isinstance(payload, dict):
             print(describe_metrics(parts[1], payload), flush=True)
+        elif parts[-1] == "health" and isinstance(payload, dict) and len(parts) == 4:
+            print(describe_health(parts[1], parts[2], payload), flush=True)
+        elif parts[-1] == "shadow" and isinstance(payload, dict) and len(parts) == 4:
+            print(describe_shadow(parts[1], parts[2], payload), flush=True)
         elif parts[-1] == "reply":
             print(f"{m.topic}: {json.dumps(payload)}", flush=True)
         if parts[-1] == "result":

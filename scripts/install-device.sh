@@ -311,7 +311,8 @@ edge-runtime is installed$where.
 Next:
   1. Edit $CONFIG_PATH: device id, MQTT broker, bundle and source.
   2. Check it:  sudo -u $SERVICE_USER $OPT_DIR/bin/edge-runtime check-config $CONFIG_PATH
-  3. Put a bundle in $STATE_DIR/bundles (or send one with: edge-convert deploy ...).
+  3. Put a bundle in $STATE_DIR/bundles, or send one with: edge-convert deploy ... (until
+     then the service runs, reports online, and its pipeline waits for a model).
      Trusted signing keys go in $ETC_DIR/trusted-keys/.
   4. Restart and follow:  sudo systemctl restart edge-runtime && journalctl -u edge-runtime -f
   5. See the results:  mosquitto_sub -v -t 'edge/#'

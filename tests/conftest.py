@@ -56,3 +56,26 @@ def digits_bundle(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )
     assert result.returncode == 0, result.stderr
     return out / "digits-rpi4"
+
+
+@pytest.fixture(scope="session")
+def poorly_calibrated_bundle(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits model calibrated on black frames (``--allow-poor-calibration``), version
+    ``2-poor``: about 10% accurate, written although it misses the gate."""
+    import cv2
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("poor")
+    labels = (digits / "labels.txt").read_text().split()
+    for label in labels:
+        (root / "black" / label).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(root / "black" / label / f"{i}.png"), np.zeros((48, 48, 3), np.uint8))
+    result = run_cli(
+        "edge-convert", "convert", str(digits / "digits.keras"), "--profile", "rpi4",
+        "--calibration", str(root / "black"), "--validation", str(digits / "images" / "val"),
+        "--labels", str(digits / "labels.txt"), "--input-mean", "0", "--input-std", "255",
+        "--color", "GRAY", "--name", "digits", "--version", "2-poor",
+        "--allow-poor-calibration", "--recover", "off", "--out", str(root / "out"))
+    assert result.returncode in (0, 3), result.stderr
+    return root / "out" / "digits-rpi4"

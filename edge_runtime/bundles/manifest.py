@@ -110,6 +110,12 @@ class Bundle:
     def profile(self) -> dict[str, Any]:
         return dict(self.manifest.profile) if self.manifest else {}
 
+    def relocate(self, root: Path) -> None:
+        """Its files were moved to ``root`` (kept once serving): read them from there on (a
+        thread switch loads the model file again)."""
+        self.model_path = root / self.model_path.name
+        self.root = root
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()

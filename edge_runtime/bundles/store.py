@@ -11,6 +11,7 @@ running bundle happens to sit (its folder may be ``/tmp``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -68,6 +69,53 @@ class BundleStore:
             yield unpack_pack(archive, staging, self.trusted_keys, name=label)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def hold(self, staged: Path, pipeline: str) -> Path:
+        """Move a staged bundle aside while it runs in a pipeline's shadow
+        (``STATE/shadow/<pipeline>/``); :meth:`keep` or :meth:`drop` it once decided."""
+        folder = self.state_dir / "shadow" / pipeline
+        self.drop(folder)
+        try:
+            folder.mkdir(parents=True)
+            final = folder / staged.name
+            os.rename(staged, final)
+        except OSError as exc:
+            raise BundleError(f"cannot hold the candidate in {folder}: {exc.strerror or exc}") \
+                from None
+        return final
+
+    def drop(self, path: Path) -> None:
+        """Remove a held candidate's folder (it is not needed any more)."""
+        shutil.rmtree(path, ignore_errors=True)
+
+    def remember(self, pipeline: str, bundle: Path) -> None:
+        """Note the bundle a pipeline serves from a command, so that a pipeline whose config
+        names none (a fresh install) serves it again after a restart."""
+        path = self.state_dir / "serving.json"
+        try:
+            known = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            known = {}
+        known = known if isinstance(known, dict) else {}
+        known[pipeline] = str(bundle)
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known, indent=2) + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot note the bundle served in %s: %s", path, exc.strerror or exc)
+
+    def remembered(self, pipeline: str) -> Path | None:
+        """The bundle :meth:`remember` noted for ``pipeline``, if it is still installed here."""
+        try:
+            known = json.loads((self.state_dir / "serving.json").read_text())
+        except (OSError, ValueError):
+            return None
+        value = known.get(pipeline) if isinstance(known, dict) else None
+        if not isinstance(value, str):
+            return None
+        path = Path(value)
+        return path if path.is_dir() and path.is_relative_to(self.bundles_dir) else None
 
     def keep(self, staged: Path) -> Path:
         """Move a bundle now serving into ``STATE/bundles``, replacing an older copy."""

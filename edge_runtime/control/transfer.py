@@ -152,7 +152,8 @@ class DeployAssembler:
             raise CommandRefused(f"bundle size {size} is over the {self.max_bytes}-byte limit")
         return {"id": transfer_id, "sha256": sha, "size": size,
                 "name": str(args.get("name", ""))[:64], "version": str(args.get("version", ""))[:32],
-                "pipeline": args.get("pipeline")}
+                "pipeline": args.get("pipeline"),
+                **{k: args[k] for k in ("mode", "promote", "criteria", "every") if k in args}}
 
     def _transfer(self, meta: dict[str, Any], chunks: int, reply_id: Any) -> Transfer:
         key = meta["id"]

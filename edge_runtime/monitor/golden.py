@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends import Backend, BackendError
+from edge_runtime.bundles.manifest import BundleError, inside
 from edge_runtime.errors import EdgeError
 from edge_runtime.preprocess import InputSpec, Preprocessor
 
@@ -61,6 +62,21 @@ def read_golden(path: Path) -> list[GoldenSample]:
                     for i in range(count)]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise GoldenMismatch(f"{path.name} cannot be read: {exc}") from None
+
+
+def check_bundle(root: Path | None, backend: Backend, spec: InputSpec) -> int | None:
+    """Run the bundle's golden samples through ``backend`` as loaded here; how many passed, None
+    when the bundle has no ``golden.npz`` (made with ``--no-golden``, or before it existed).
+    GoldenMismatch names the sample and output that differed."""
+    if root is None:
+        return None
+    try:
+        path = inside(root, GOLDEN_FILE)
+    except BundleError as exc:
+        raise GoldenMismatch(str(exc)) from None
+    if path is None:
+        return None
+    return self_test(backend, spec, read_golden(path))
 
 
 def _outputs_of(files: Sequence[str], i: int) -> Iterator[str]:

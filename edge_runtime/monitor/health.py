@@ -11,6 +11,7 @@ reasons, published as ``edge-health/1`` on ``edge/D/P/health``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,10 +22,10 @@ import numpy as np
 from edge_runtime.monitor.reference import (
     BRIGHTNESS_EDGES,
     DETECTIONS_EDGES,
+    PSI_FLOOR,
     SCORE_EDGES,
     Reference,
     calibrated,
-    frame_means,
     histogram,
     margins,
     psi,
@@ -33,6 +34,9 @@ from edge_runtime.monitor.reference import (
 SCHEMA = "edge-health/1"
 VERDICTS = ("ok", "warn", "alarm")
 BLANK_STD = 2.0   # a frame whose sampled pixels vary less than this is blank
+GRID = 32         # frames are sampled on at most GRID × GRID pixels
+CHANCE_WARN, CHANCE_ALARM = 0.99, 0.999   # chance reaches these once in 100 / 1,000 windows
+CHANCE_DRAWS = 4000
 
 
 @dataclass(frozen=True)
@@ -51,16 +55,33 @@ class MonitorSettings:
 @dataclass
 class _Window:
     started: float
-    top1: list[float] = field(default_factory=list)
-    margin: list[float] = field(default_factory=list)
-    calibrated_top1: list[float] = field(default_factory=list)
-    classes: list[int] = field(default_factory=list)
+    probabilities: list[np.ndarray] = field(default_factory=list)
     detections: list[int] = field(default_factory=list)
     brightness: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
+    frames: int = 0
     frozen: int = 0
     blank: int = 0
     results: int = 0
+
+
+@functools.lru_cache(maxsize=64)
+def chance_psi(shares: tuple[float, ...], n: int, quantile: float) -> float:
+    """The PSI that chance alone exceeds in a share ``1 - quantile`` of windows of ``n`` results
+    drawn from the reference itself (``shares``), found by drawing such windows (seeded, so the
+    same every time; cached per reference and window size). Small windows are noisy, above all
+    over many bins; a shift is only reported beyond both this and the configured level."""
+    if n < 1:
+        return float("inf")
+    p = np.clip(np.asarray(shares, dtype=np.float64), 0.0, None)
+    if p.sum() <= 0:
+        return 0.0
+    p /= p.sum()
+    counts = np.random.default_rng(0).multinomial(n, p, size=CHANCE_DRAWS)
+    r = np.maximum(p, PSI_FLOOR)
+    o = np.maximum(counts / n, PSI_FLOOR)
+    values = ((o - r) * np.log(o / r)).sum(axis=1)
+    return float(np.quantile(values, quantile))
 
 
 class HealthMonitor:
@@ -72,8 +93,10 @@ class HealthMonitor:
         self.settings = settings or MonitorSettings()
         self._clock = clock
         self._index = 0
-        self._previous: np.ndarray | None = None
+        self._previous = b""
         self.last: dict[str, Any] | None = None
+        self._shares: dict[str, tuple[float, ...]] = {}
+        self._counts: dict[str, int] = {}
         self.retarget(reference, labels, budget_ms)
 
     def retarget(self, reference: Reference, labels: Sequence[str], budget_ms: float | None,
@@ -83,6 +106,14 @@ class HealthMonitor:
         self.labels = list(labels)
         self.budget_ms = budget_ms
         self._window = _Window(self._clock())
+        # What chance gives a full window of this reference, worked out now rather than on the
+        # pipeline thread when the first window closes.
+        shares = [tuple(reference.class_share.get(name, 0.0) for name in self.labels)]
+        shares += [h.shares for h in (reference.top1, reference.margin, reference.brightness,
+                                      reference.detections) if h is not None]
+        for one in shares:
+            for quantile in (CHANCE_WARN, CHANCE_ALARM):
+                chance_psi(one, self.settings.window, quantile)
 
     def observe(self, *, latency_ms: float, probabilities: np.ndarray | None = None,
                 detections: int | None = None, frame: np.ndarray | None = None,
@@ -91,14 +122,7 @@ class HealthMonitor:
         w.results += 1
         w.latency.append(latency_ms)
         if probabilities is not None and probabilities.size > 1:
-            p = probabilities.reshape(-1)
-            top = int(np.argmax(p))
-            w.classes.append(top)
-            w.top1.append(float(p[top]))
-            w.margin.append(float(margins(p[None, :])[0]))
-            t = self.reference.temperature
-            w.calibrated_top1.append(float(calibrated(p[None, :], t).max()) if t != 1.0
-                                     else float(p[top]))
+            w.probabilities.append(probabilities)   # a fresh array per result: no copy needed
         if detections is not None:
             w.detections.append(detections)
         if frame is not None and frame.size:
@@ -109,32 +133,53 @@ class HealthMonitor:
         return None
 
     def _observe_frame(self, w: _Window, frame: np.ndarray) -> None:
-        grid = frame[::16, ::16] if frame.ndim >= 2 and frame.shape[0] > 32 else frame
-        if self._previous is not None and self._previous.shape == grid.shape \
-                and np.array_equal(self._previous, grid):
+        """Brightness, blank and frozen on a grid of at most GRID × GRID pixels: a few
+        microseconds whatever the frame size."""
+        if frame.ndim >= 2:
+            frame = frame[::max(1, frame.shape[0] // GRID), ::max(1, frame.shape[1] // GRID)]
+        w.frames += 1
+        raw = frame.tobytes()
+        if raw == self._previous:
             w.frozen += 1
-        self._previous = grid.copy()
-        if float(grid.std()) < BLANK_STD:
+        self._previous = raw
+        values = np.frombuffer(raw, dtype=np.uint8).astype(np.float32)
+        mean = float(values.sum()) / values.size
+        w.brightness.append(mean)
+        if float(values @ values) / values.size - mean * mean < BLANK_STD * BLANK_STD:
             w.blank += 1
-        w.brightness.append(float(frame_means(frame).mean()))
 
     def _close(self, now: float) -> dict[str, Any]:
         w, s, ref = self._window, self.settings, self.reference
         self._index += 1
         self._window = _Window(now)
         shifts: dict[str, float] = {}
-        if ref.class_share and w.classes and len(self.labels) == len(ref.class_share):
-            counts = np.bincount(w.classes, minlength=len(self.labels)) / len(w.classes)
+        self._shares, self._counts = {}, {}
+        top1: list[float] = []
+        margin: list[float] = []
+        classes = np.zeros(0, dtype=np.int64)
+        estimated = None
+        shapes = {p.size for p in w.probabilities}
+        if len(shapes) == 1:   # one model's outputs (a swap starts a fresh window)
+            probs = np.stack([p.reshape(-1) for p in w.probabilities]).astype(np.float64)
+            classes = probs.argmax(axis=1)
+            top1 = probs.max(axis=1).tolist()
+            margin = margins(probs).tolist()
+            estimated = float(calibrated(probs, ref.temperature).max(axis=1).mean())
+        if ref.class_share and classes.size and len(self.labels) == len(ref.class_share):
+            counts = np.bincount(classes, minlength=len(self.labels)) / classes.size
             expected = [ref.class_share.get(name, 0.0) for name in self.labels]
             shifts["class_mix"] = psi(expected, counts.tolist())
+            self._shares["class_mix"] = tuple(expected)
+            self._counts["class_mix"] = int(classes.size)
         for name, hist, values, edges in (
-                ("top1_score", ref.top1, w.top1, SCORE_EDGES),
-                ("margin", ref.margin, w.margin, SCORE_EDGES),
+                ("top1_score", ref.top1, top1, SCORE_EDGES),
+                ("margin", ref.margin, margin, SCORE_EDGES),
                 ("brightness", ref.brightness, w.brightness, BRIGHTNESS_EDGES),
                 ("detections_per_frame", ref.detections, w.detections, DETECTIONS_EDGES)):
             if hist is not None and values:
                 shifts[name] = psi(hist.shares, histogram(values, hist.edges or edges).shares)
-        estimated = float(np.mean(w.calibrated_top1)) if w.calibrated_top1 else None
+                self._shares[name] = hist.shares
+                self._counts[name] = len(values)
         report: dict[str, Any] = {
             "schema": SCHEMA, "verdict": "ok",
             "window": {"index": self._index, "results": w.results,
@@ -143,8 +188,8 @@ class HealthMonitor:
             "psi": {k: round(v, 4) for k, v in shifts.items()},
             "estimated_accuracy": None if estimated is None else round(estimated, 4),
             "reference_accuracy": ref.accuracy,
-            "frozen_share": round(w.frozen / w.results, 4) if w.brightness else None,
-            "blank_share": round(w.blank / w.results, 4) if w.brightness else None,
+            "frozen_share": round(w.frozen / w.frames, 4) if w.frames else None,
+            "blank_share": round(w.blank / w.frames, 4) if w.frames else None,
             "latency_p95_ms": round(float(np.percentile(w.latency, 95)), 3),
             "latency_budget_ms": self.budget_ms,
             "ts": round(time.time(), 3),
@@ -162,10 +207,13 @@ class HealthMonitor:
         problems: list[tuple[str, str]] = []
         for name, value in sorted(shifts.items(), key=lambda kv: -kv[1]):
             words = name.replace("_", " ")
-            if value >= s.psi_alarm:
-                problems.append(("alarm", f"{words} shifted (PSI {value:.2f} ≥ {s.psi_alarm:g})"))
-            elif value >= s.psi_warn:
-                problems.append(("warn", f"{words} drifting (PSI {value:.2f} ≥ {s.psi_warn:g})"))
+            shares, n = self._shares.get(name, ()), self._counts.get(name, w.results)
+            alarm = max(s.psi_alarm, chance_psi(shares, n, CHANCE_ALARM))
+            warn = max(s.psi_warn, chance_psi(shares, n, CHANCE_WARN))
+            if value >= alarm:
+                problems.append(("alarm", f"{words} shifted (PSI {value:.2f} ≥ {alarm:.2g})"))
+            elif value >= warn:
+                problems.append(("warn", f"{words} drifting (PSI {value:.2f} ≥ {warn:.2g})"))
         if estimated is not None and ref.accuracy is not None:
             drop = (ref.accuracy - estimated) * 100
             text = (f"estimated accuracy {estimated * 100:.1f}% is {drop:.1f} points below the "
@@ -174,11 +222,11 @@ class HealthMonitor:
                 problems.append(("alarm", text))
             elif drop >= s.accuracy_warn_points:
                 problems.append(("warn", text))
-        if w.brightness:
-            if w.frozen / w.results >= s.frozen_alarm_share:
-                problems.append(("alarm", f"{w.frozen} of {w.results} frames frozen"))
-            if w.blank / w.results >= s.blank_alarm_share:
-                problems.append(("alarm", f"{w.blank} of {w.results} frames blank"))
+        if w.frames:
+            if w.frozen / w.frames >= s.frozen_alarm_share:
+                problems.append(("alarm", f"{w.frozen} of {w.frames} frames frozen"))
+            if w.blank / w.frames >= s.blank_alarm_share:
+                problems.append(("alarm", f"{w.blank} of {w.frames} frames blank"))
         p95 = report["latency_p95_ms"]
         if self.budget_ms and p95 > self.budget_ms:
             problems.append(("warn", f"latency p95 {p95:g} ms over the {self.budget_ms:g} ms "

@@ -99,7 +99,9 @@ def build_classification(outputs: Sequence[OutputInfo], labels: Sequence[str],
     def classify(arrays: Sequence[np.ndarray], context: PostContext) -> Outcome:
         (scores,) = dequantize_outputs(arrays, outputs)
         probabilities = to_probabilities(scores.reshape(-1), mode, scale)
-        return classification_outcome(top_k_predictions(probabilities, labels, top_k))
+        outcome = classification_outcome(top_k_predictions(probabilities, labels, top_k))
+        outcome.probabilities = probabilities
+        return outcome
 
     return classify
 

@@ -54,6 +54,8 @@ class Outcome:
     top_label: str | None = None
     top_index: int | None = None
     top_score: float | None = None
+    # The full class probability vector of a classifier, for the health monitor (not published).
+    probabilities: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)

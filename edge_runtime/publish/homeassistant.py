@@ -1,5 +1,6 @@
-"""Home Assistant MQTT discovery (opt-in): per-pipeline sensors for the last label, its score and
-the pipeline's fps, available while the device's status topic is not ``offline``."""
+"""Home Assistant MQTT discovery (opt-in): per-pipeline sensors for the last label, its score, the
+pipeline's fps, its health verdict (with the reasons as attributes) and estimated accuracy,
+available while the device's status topic is not ``offline``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def discovery_messages(topics: Topics, device: str, pipelines: list[str], versio
             ("fps", {"name": f"{p} fps", "state_topic": topics.metrics,
                      "value_template": f"{{{{ value_json.pipelines['{p}'].fps }}}}",
                      "unit_of_measurement": "fps", "state_class": "measurement"}),
+            ("health", {"name": f"{p} health", "state_topic": topics.pipeline_topic(p, "health"),
+                        "value_template": "{{ value_json.verdict }}",
+                        "json_attributes_topic": topics.pipeline_topic(p, "health"),
+                        "json_attributes_template": "{{ {'reasons': value_json.reasons, "
+                                                    "'estimated_accuracy': "
+                                                    "value_json.estimated_accuracy} | tojson }}",
+                        "icon": "mdi:heart-pulse"}),
+            ("estimated_accuracy", {
+                "name": f"{p} estimated accuracy",
+                "state_topic": topics.pipeline_topic(p, "health"),
+                "value_template": "{{ ((value_json.estimated_accuracy or 0) * 100) | round(1) }}",
+                "unit_of_measurement": "%", "state_class": "measurement"}),
         ]
         for key, config in entities:
             uid = f"edge_{device}_{p}_{key}".replace("-", "_").replace(".", "_")

@@ -64,6 +64,10 @@ class Topics:
     def result(self, pipeline: str) -> str:
         return f"{self._base}/{pipeline_name(pipeline)}/result"
 
+    def pipeline_topic(self, pipeline: str, kind: str) -> str:
+        """``edge/D/P/health``, ``edge/D/P/shadow``: a pipeline's own reports."""
+        return f"{self._base}/{pipeline_name(pipeline)}/{kind}"
+
     def cmd(self, verb: str) -> str:
         # A verb comes off the wire (the reply goes back on its topic), so only what would break
         # the topic is refused here, not everything a chosen name may not contain.

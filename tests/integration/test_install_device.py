@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.daemon import DaemonProcess, Mosquitto, Received, Subscriber
 
 from edge_runtime.config import load_config
 
@@ -67,6 +68,25 @@ def test_every_file_is_staged_with_its_permissions(staged: Path) -> None:
 def test_default_config_passes_the_config_check(staged: Path) -> None:
     config = load_config(staged / "etc/edge-runtime/config.yaml")
     assert config.pipelines
+
+
+def test_the_installed_service_starts_cleanly_before_any_model_is_copied(
+        staged: Path, tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The installed config names a bundle that is not there yet and a camera: the daemon comes
+    up online with its pipeline waiting for a model from deploy, and stops cleanly."""
+    config = staged / "etc/edge-runtime/config.yaml"
+    device = "fresh-install"
+    with Subscriber(mosquitto, [f"edge/{device}/status"]) as sub, DaemonProcess(
+            ["--config", str(config), "--state-dir", str(tmp_path / "state"), "--mqtt",
+             mosquitto.url, "--device-id", device], tmp_path / "logs") as daemon:
+        def waiting(messages: list[Received]) -> bool:
+            return any(m.json()["state"] == "online"
+                       and m.json().get("pipelines", {}).get("default", {}).get("state")
+                       == "waiting" for m in messages)
+
+        assert sub.wait_until(waiting, 30), daemon.tail()
+        assert daemon.alive and "waiting for a model from deploy" in daemon.stderr()
+        assert daemon.terminate() == 0, daemon.tail()
 
 
 def test_unit_points_at_the_target_paths(staged: Path) -> None:

@@ -147,7 +147,8 @@ def test_did_you_mean_only_suggests_close_words() -> None:
 def flags(**given: Any) -> dict[str, Any]:
     names = ("bundle", "source", "mqtt_url", "mqtt_ca", "device_id", "pipeline_name",
              "state_dir", "fps", "max_frames", "loop", "labels", "task", "input_mean",
-             "input_std", "color", "threads", "delegate", "trusted_keys")
+             "input_std", "color", "threads", "delegate", "trusted_keys", "monitor_window",
+             "no_monitor")
     unknown = set(given) - set(names)
     assert not unknown, unknown
     return {name: given.get(name, () if name == "trusted_keys" else None) for name in names}
@@ -167,12 +168,23 @@ def test_flags_alone_make_one_default_pipeline() -> None:
     assert config.resolved_state_dir == Path("/tmp/s")
 
 
-@pytest.mark.parametrize("missing", ["bundle", "source"])
-def test_flags_without_a_bundle_or_source_are_refused(missing: str) -> None:
-    given = {"bundle": Path("m.tflite"), "source": "frames"}
-    del given[missing]
-    with pytest.raises(ConfigError, match="--bundle and --source"):
-        build_config(None, flags(**given))
+def test_flags_without_a_source_are_refused() -> None:
+    with pytest.raises(ConfigError, match="give --source and --bundle"):
+        build_config(None, flags(bundle=Path("m.tflite")))
+
+
+def test_flags_without_a_bundle_make_a_pipeline_that_waits_for_deploy() -> None:
+    config = build_config(None, flags(source="frames", monitor_window=50))
+    assert config.pipelines[0].bundle is None and config.pipelines[0].source == "frames"
+    assert config.monitor.window == 50 and config.monitor.enabled
+
+
+def test_check_config_says_a_pipeline_without_a_bundle_waits(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    path = write(tmp_path, f"pipelines:\n  - source: {images}\n")
+    ok, note = check_config_file(path)
+    assert "ok" in ok and "no bundle yet" in note and "waits for one from deploy" in note
 
 
 def test_bare_model_flags_become_model_hints() -> None:
