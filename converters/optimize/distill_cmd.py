@@ -96,7 +96,9 @@ def distill_prepared(opts: DistillOptions, base: ConvertOptions, prep: Prepared,
                         **result["teacher"]},
             "student": {**result["student"], "width": opts.width,
                         "file": opts.student.name if opts.student else None},
-            "label_only": result["label_only"], "temperature": opts.temperature,
+            "label_only": result["label_only"],
+            "inherited_label_only": result.get("inherited_label_only"),
+            "temperature": opts.temperature,
             "alpha": opts.alpha, "epochs": result["epochs"],
             "train": {"source": str(opts.train), "samples": None},
             "evaluated_on": f"{len(prep.evaluation)} {prep.eval_basis} samples",
@@ -117,12 +119,22 @@ def distill_table(record: dict[str, Any]) -> str:
              _kb(student["size_bytes"])),
             ("student (labels only)", _pct(record["label_only"]["accuracy"]),
              f"{student['params']:,}", _kb(student["size_bytes"]))]
+    if record.get("inherited_label_only"):
+        rows.append(("student (teacher's filters, labels only)",
+                     _pct(record["inherited_label_only"]["accuracy"]), f"{student['params']:,}",
+                     _kb(student["size_bytes"])))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     gained = (student["accuracy"] - record["label_only"]["accuracy"]) * 100
     lines.append(f"the student has {student['params'] / max(1, teacher['params']):.2f} × the "
                  f"teacher's parameters; distilling changed its accuracy by {gained:+.1f} points "
                  f"against labels alone ({record['evaluated_on']})")
+    start = student.get("start") or "given"
+    if start == "teacher":
+        lines.append("the distilled student started from the teacher's strongest filters; the "
+                     "labels-only student from random weights")
+    elif start.startswith("random"):
+        lines.append(f"the student started from random weights: {start[len('random ('):-1]}")
     return "\n".join(lines)
 
 

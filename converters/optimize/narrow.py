@@ -87,11 +87,11 @@ def _output_layers(model: Any, layers: list[dict[str, Any]]) -> set[str]:
         if entry["class_name"] in WIDTH_KEYS:
             keep.add(entry["config"]["name"])
             continue
-        pending.extend(_parents(entry))
+        pending.extend(parents(entry))
     return keep
 
 
-def _parents(entry: dict[str, Any]) -> list[str]:
+def parents(entry: dict[str, Any]) -> list[str]:
     names: list[str] = []
 
     def walk(value: Any) -> None:

@@ -103,6 +103,7 @@ def test_half_width_student_is_small_close_to_its_teacher_and_owes_it_something(
     assert pupil["params"] <= 0.35 * teacher["params"]
     assert pupil["accuracy"] >= teacher["accuracy"] - 0.02
     assert pupil["accuracy"] >= record["label_only"]["accuracy"]
+    assert pupil["start"] == "teacher"  # a --student-width copy starts from the teacher's filters
     assert teacher["sha256"] == hashlib.sha256((digits / "digits.keras").read_bytes()).hexdigest()
     assert (record["temperature"], record["alpha"], pupil["width"]) == (2.0, 0.5, 0.5)
     printed = result.stdout
