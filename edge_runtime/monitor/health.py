@@ -48,6 +48,8 @@ class MonitorSettings:
     psi_alarm: float = 0.25
     accuracy_warn_points: float = 3.0
     accuracy_alarm_points: float = 8.0
+    channel_warn_sd: float = 1.0   # a channel's mean moved this many frame-to-frame spreads
+    channel_alarm_sd: float = 2.0
     frozen_alarm_share: float = 0.5
     blank_alarm_share: float = 0.5
 
@@ -58,6 +60,7 @@ class _Window:
     probabilities: list[np.ndarray] = field(default_factory=list)
     detections: list[int] = field(default_factory=list)
     brightness: list[float] = field(default_factory=list)
+    channels: list[np.ndarray] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
     frames: int = 0
     frozen: int = 0
@@ -143,6 +146,8 @@ class HealthMonitor:
             w.frozen += 1
         self._previous = raw
         values = np.frombuffer(raw, dtype=np.uint8).astype(np.float32)
+        if frame.ndim == 3:
+            w.channels.append(values.reshape(-1, frame.shape[2]).mean(axis=0))
         mean = float(values.sum()) / values.size
         w.brightness.append(mean)
         if float(values @ values) / values.size - mean * mean < BLANK_STD * BLANK_STD:
@@ -192,6 +197,7 @@ class HealthMonitor:
             "blank_share": round(w.blank / w.frames, 4) if w.frames else None,
             "latency_p95_ms": round(float(np.percentile(w.latency, 95)), 3),
             "latency_budget_ms": self.budget_ms,
+            "channel_shift_sd": self._channel_shift(w),
             "ts": round(time.time(), 3),
         }
         if w.results < s.min_results:
@@ -200,6 +206,17 @@ class HealthMonitor:
             self._judge(report, shifts, estimated, w)
         self.last = report
         return report
+
+    def _channel_shift(self, w: _Window) -> list[float] | None:
+        """How far each channel's mean pixel moved from the reference, in units of its
+        frame-to-frame spread there (a colour cast moves one channel, not the brightness)."""
+        ref = self.reference
+        if not w.channels or len(ref.channel_mean) != w.channels[0].size \
+                or len(ref.channel_std) != len(ref.channel_mean):
+            return None
+        window = np.mean(np.stack(w.channels), axis=0)
+        spread = np.maximum(np.asarray(ref.channel_std), 1.0)
+        return [round(float(v), 3) for v in np.abs(window - np.asarray(ref.channel_mean)) / spread]
 
     def _judge(self, report: dict[str, Any], shifts: dict[str, float], estimated: float | None,
                w: _Window) -> None:
@@ -227,6 +244,12 @@ class HealthMonitor:
                 problems.append(("alarm", f"{w.frozen} of {w.frames} frames frozen"))
             if w.blank / w.frames >= s.blank_alarm_share:
                 problems.append(("alarm", f"{w.blank} of {w.frames} frames blank"))
+        moved = report.get("channel_shift_sd") or []
+        if moved and max(moved) >= s.channel_warn_sd:
+            channel = int(np.argmax(moved))
+            level = "alarm" if moved[channel] >= s.channel_alarm_sd else "warn"
+            problems.append((level, f"input channel {channel} mean moved {moved[channel]:.1f} "
+                                    "frame-to-frame spreads from the reference"))
         p95 = report["latency_p95_ms"]
         if self.budget_ms and p95 > self.budget_ms:
             problems.append(("warn", f"latency p95 {p95:g} ms over the {self.budget_ms:g} ms "

@@ -131,6 +131,8 @@ class Reference:
     brightness: Histogram | None = None
     detections: Histogram | None = None
     saturated_share: float | None = None
+    channel_mean: tuple[float, ...] = ()   # per-channel mean pixel of a frame, over frames
+    channel_std: tuple[float, ...] = ()    # and its spread from frame to frame
     temperature: float = 1.0
     accuracy: float | None = None
 
@@ -153,6 +155,8 @@ class Reference:
             brightness=Histogram.from_json(inputs.get("brightness")),
             detections=Histogram.from_json(hists.get("detections_per_frame")),
             saturated_share=float(saturated) if _number(saturated) else None,
+            channel_mean=_vector(inputs.get("mean")),
+            channel_std=_vector(inputs.get("std")),
             temperature=float(temperature) if _number(temperature) and temperature > 0 else 1.0,
             accuracy=float(accuracy) if _number(accuracy) and 0 <= accuracy <= 1 else None,
         )
@@ -165,6 +169,10 @@ class Reference:
 
 def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _vector(values: object) -> tuple[float, ...]:
+    return tuple(float(v) for v in values) if _numbers(values) else ()
 
 
 def _numbers(values: object) -> TypeGuard[list[float]]:

@@ -388,14 +388,15 @@ def test_edge_tpu_bundle_is_int8_with_uint8_io_and_a_preflight(
 
 
 @pytest.mark.slow
-def test_savedmodel_calibrated_from_a_video(digits: Path, digit_models: DigitModels,
-                                            tmp_path: Path) -> None:
+def test_savedmodel_calibrated_from_a_video_without_golden_samples(
+        digits: Path, digit_models: DigitModels, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = convert_digits(digit_models.savedmodel, out, digits, "--profile", "rpi5",
                             "--calibration", digits / "digits.mp4", "--name", "sm",
-                            "--validation", digits / "images" / "val")
+                            "--validation", digits / "images" / "val", "--no-golden")
     assert result.returncode == 0, result.stderr[-3000:]
     bundle = out / "sm-rpi5"
+    assert not (bundle / "golden.npz").exists() and (bundle / "model.tflite").is_file()
     manifest = manifest_of(bundle)
     assert manifest["calibration"]["source"].startswith("video ")
     assert manifest["gate"]["passed"] is True

@@ -191,8 +191,10 @@ def test_credentials_never_reach_the_status_or_the_log(
 
 def test_bad_urls_and_names_are_one_line_errors_without_secrets(tmp_path: Path) -> None:
     url = f"mqtt://edge:{SECRET}@broker.local:notaport"
+    bundle = tmp_path / "b.tflite"   # there, so that the URL is what is wrong
+    bundle.write_bytes(b"")
     for result in (
-        run_cli("run", "--bundle", "b", "--source", "s", "--mqtt", url,
+        run_cli("run", "--bundle", str(bundle), "--source", "s", "--mqtt", url,
                 "--state-dir", str(tmp_path / "s1")),
         run_cli("watch", "--mqtt", url),
         edge_convert("deploy", str(tmp_path), "--mqtt", url, "--device", "pi-1"),
@@ -201,7 +203,7 @@ def test_bad_urls_and_names_are_one_line_errors_without_secrets(tmp_path: Path) 
         assert "bad port" in line and SECRET not in result.stderr, result.stderr
         assert "--mqtt-password-file" in result.stderr  # the warning says what to use instead
 
-    reserved = run_cli("run", "--bundle", "b", "--source", "s", "--pipeline", "cmd",
+    reserved = run_cli("run", "--bundle", str(bundle), "--source", "s", "--pipeline", "cmd",
                        "--state-dir", str(tmp_path / "s2"))
     assert "'cmd' is reserved" in one_error_line(reserved)
     refused = edge_convert("deploy", str(tmp_path), "--mqtt", "mqtt://127.0.0.1:9",

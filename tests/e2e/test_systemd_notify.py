@@ -281,6 +281,8 @@ def test_a_pipeline_that_dies_ends_the_daemon_with_a_failure(
         return run(data, prepared)
 
     monkeypatch.setattr(model, "run", failing)
+    # No broker here: the results it stored would be waited for through the whole final drain.
+    monkeypatch.setattr("edge_runtime.daemon.FINISH_DRAIN_S", 1.0)
     with running(daemon) as (runner, exit_code):
         assert notify.wait_for("READY", 10)
         runner.join(40)

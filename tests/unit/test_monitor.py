@@ -161,3 +161,19 @@ def test_temperature_fit_softens_an_overconfident_model() -> None:
     assert t > 1.5
     assert abs(float(calibrated(probs, t).max(axis=1).mean()) - accuracy) < 0.01
     assert abs(float(probs.max(axis=1).mean()) - accuracy) > 0.1
+
+
+def test_a_colour_cast_that_keeps_the_brightness_is_caught_by_the_channel_means() -> None:
+    cast = []
+    for frame in scenes(400):
+        shifted = frame.astype(np.int16)
+        shifted[..., 0] -= 45
+        shifted[..., 2] += 45
+        cast.append(np.clip(shifted, 0, 255).astype(np.uint8))
+    probs, _ = probabilities(400)
+    report = run_window(monitor(), probs, cast)
+    assert report["verdict"] == "alarm"
+    assert any("input channel" in r for r in report["reasons"])  # type: ignore[attr-defined]
+    assert "brightness" not in report["psi"] or float(report["psi"]["brightness"]) < 0.25  # type: ignore[index]
+    clean = run_window(monitor(), probs, scenes(400))
+    assert max(clean["channel_shift_sd"]) < 1.0  # type: ignore[arg-type]
