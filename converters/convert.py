@@ -177,7 +177,8 @@ def convert_profile(opts: ConvertOptions, prep: Prepared, profile: Profile, name
         versions={**prep.info.get("versions", {}), "converter": __version__,
                   "runtime": _runtime_version()},
         reference_stats=watch_reference(prep.task, run.outputs, prep.class_names, prep.softmax,
-                                        prep.evaluation, run.input_spec),
+                                        prep.evaluation, run.input_spec,
+                                        prep.cache.get(f"detections:{model}")),
         golden=record_golden(model, prep.evaluation, run.input_spec) if opts.golden else None,
         postprocess={"softmax": prep.softmax} if prep.task == "classification" else {},
         gate=gate_section(decision, cmp, opts.max_accuracy_drop),
@@ -208,6 +209,7 @@ def make_judge(opts: ConvertOptions, prep: Prepared, threads: int) -> Judge:
                                     labels)
                 prep.cache["float_detections"] = floats
             int8 = detect_all(model, prep.evaluation, prep.spec, prep.decoder, labels, threads)
+            prep.cache[f"detections:{model}"] = int8   # the reference counts them per frame
             cmp = compare_detections(floats, int8, prep.truths, len(labels) or 1)
         else:
             cmp = compare(prep.task, prep.float_run.outputs, run.outputs, prep.evaluation.labels)

@@ -8,7 +8,7 @@ same LiteRT interpreter), so that host and board measure alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 from edge_runtime.backends import load_backend
 from edge_runtime.monitor.golden import MAX_SAMPLES, GoldenSample
 from edge_runtime.monitor.reference import (
+    DETECTIONS_EDGES,
     SCORE_EDGES,
     fit_temperature,
     histogram,
@@ -32,13 +33,21 @@ SATURATION_SAMPLES = 200
 
 
 def watch_reference(task: str, outputs: np.ndarray, class_names: list[str] | None,
-                    softmax: bool, data: Dataset, spec: InputSpec) -> dict[str, Any]:
+                    softmax: bool, data: Dataset, spec: InputSpec,
+                    detections: Sequence[Sequence[object]] | None = None) -> dict[str, Any]:
     """``reference_stats``: the output statistics of before, plus the score and margin histograms,
-    the input statistics, the temperature that calibrates the scores and the int8 accuracy."""
+    the input statistics, the temperature that calibrates the scores and the int8 accuracy; for
+    a detector, the int8 model's detections per frame."""
     stats = reference_stats(task, outputs, class_names, softmax)
     if spec.is_image and data.items:
         stats["input"] = {**input_statistics(data.items),
                           "saturated_share": saturated_share(data, spec)}
+    if task == "detection" and detections:
+        counts = [len(found) for found in detections]
+        stats["detections_per_frame"] = {"mean": round(float(np.mean(counts)), 4),
+                                         "max": int(max(counts))}
+        stats["histograms"] = {"detections_per_frame":
+                               histogram(counts, DETECTIONS_EDGES).to_json()}
     if task != "classification" or outputs.ndim != 2 or outputs.shape[1] < 2:
         return stats
     probs = _softmax(outputs) if softmax else np.clip(outputs, 0.0, 1.0)

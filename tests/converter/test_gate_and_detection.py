@@ -25,6 +25,7 @@ from support.trained import DETECTION_FLAGS, Trained, edge_convert
 
 from converters.box_labels import yolo_truths
 from converters.evidence import EXIT_CODES
+from edge_runtime.monitor.reference import Reference
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +132,11 @@ def test_a_detector_is_verified_on_boxes_and_names_its_decoder(
     assert drop == pytest.approx(100 * (detection["map50_float"] - detection["map50_int8"]),
                                  abs=0.01)
     assert "mAP" in result.stdout
+    # what the board's monitor compares its detections per frame with
+    reference = Reference.from_stats(manifest["reference_stats"])
+    assert reference.detections is not None
+    assert abs(sum(reference.detections.shares) - 1.0) < 1e-3
+    assert 0 < manifest["reference_stats"]["detections_per_frame"]["mean"] < 10
 
 
 def test_without_ground_truth_the_box_disagreement_gates_and_recovery_keeps_integer_ends(
