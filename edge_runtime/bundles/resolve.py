@@ -7,10 +7,11 @@ it, and loading the model later trusts that instead of hashing every file again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,27 +78,35 @@ def verify(bundle_dir: Path, trusted_keys: Sequence[Path]) -> Release:
         raise BundleError(f"{bundle_dir}: {exc}") from None
 
 
-def install_pack(archive: Path, state_dir: Path, trusted_keys: Sequence[Path]) -> Bundle:
-    """A pack unpacked and checked apart, under ``STATE/incoming``, and only then moved into
-    ``STATE/bundles``: a bad pack never replaces the bundle installed under its name."""
+@contextlib.contextmanager
+def staged_pack(archive: Path | bytes, state_dir: Path, trusted_keys: Sequence[Path],
+                label: str, name: str | None = None) -> Iterator[Bundle]:
+    """The pack unpacked (and its signature verified) in a folder of its own under
+    ``STATE/incoming``; whatever is not moved out of it is removed on leaving."""
     incoming = state_dir / "incoming"
     try:
         incoming.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="start-", dir=incoming))
+        staging = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=incoming))
     except OSError as exc:
         raise BundleError(f"cannot stage a bundle in {incoming}: {exc.strerror or exc}") from None
     try:
-        bundle = unpack_pack(archive, staging, trusted_keys)
+        yield unpack_pack(archive, staging, trusted_keys, name=name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def install_pack(archive: Path, state_dir: Path, trusted_keys: Sequence[Path]) -> Bundle:
+    """A pack unpacked and checked apart, under ``STATE/incoming``, and only then moved into
+    ``STATE/bundles``: a bad pack never replaces the bundle installed under its name."""
+    with staged_pack(archive, state_dir, trusted_keys, "start") as bundle:
         assert bundle.root is not None
         final = state_dir / "bundles" / bundle.root.name
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            move_into_place(bundle.root, final, staging)
+            move_into_place(bundle.root, final, bundle.root.parent)
         except (OSError, PackError) as exc:
             raise BundleError(f"{archive}: {exc}") from None
         return dataclasses.replace(bundle, root=final, model_path=final / bundle.model_path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def unpack_pack(archive: Path | bytes, dest_root: Path, trusted_keys: Sequence[Path],

@@ -15,13 +15,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from edge_runtime.bundles.manifest import Bundle, BundleError
 from edge_runtime.bundles.releases import ReleaseLedger
-from edge_runtime.bundles.resolve import unpack_pack
+from edge_runtime.bundles.resolve import staged_pack
 
 log = logging.getLogger(__name__)
 MAX_PATH = 4096
@@ -55,20 +54,10 @@ class BundleStore:
             raise BundleError(f"bundle {raw[:200]!r} does not exist")
         return path
 
-    @contextlib.contextmanager
-    def staged(self, archive: Path | bytes, label: str) -> Iterator[Bundle]:
+    def staged(self, archive: Path | bytes, label: str) -> contextlib.AbstractContextManager[Bundle]:
         """The pack unpacked (and its signature verified) in a folder of its own under
         ``STATE/incoming``; whatever is not kept is removed on leaving."""
-        incoming = self.state_dir / "incoming"
-        try:
-            incoming.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=incoming))
-        except OSError as exc:
-            raise BundleError(f"cannot stage a bundle in {incoming}: {exc.strerror or exc}") from None
-        try:
-            yield unpack_pack(archive, staging, self.trusted_keys, name=label)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        return staged_pack(archive, self.state_dir, self.trusted_keys, label, name=label)
 
     def hold(self, staged: Path, pipeline: str) -> Path:
         """Move a staged bundle aside while it runs in a pipeline's shadow
