@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.daemon import DaemonProcess, Mosquitto, Subscriber, copy_bundle, wait_for
+from support.daemon import (
+    DaemonProcess,
+    Mosquitto,
+    Subscriber,
+    copy_bundle,
+    stop_fleet,
+    table_rows,
+    wait_for,
+)
 
 pytestmark = pytest.mark.mosquitto
 
@@ -97,20 +105,7 @@ def fleet(broker: Mosquitto, digits: Path, digits_bundle: Path,
             built.tails()
         yield built
     finally:
-        for daemon in daemons.values():
-            if daemon.alive:
-                daemon.process.terminate()
-        for daemon in daemons.values():
-            daemon.wait(30)
-        sub.stop()
-        shutil.rmtree(root / "devices", ignore_errors=True)
-
-
-def table_rows(stdout: str) -> dict[str, str]:
-    lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"})
-    rows = [line for line in lines[start + 1:] if line and not re.match(r"^\d+/\d+ ", line)]
-    return {row.split()[0]: row for row in rows}
+        stop_fleet(daemons.values(), sub, root / "devices")
 
 
 def test_a_bad_candidate_stops_the_rollout_after_the_canaries(

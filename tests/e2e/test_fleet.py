@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.daemon import DaemonProcess, Mosquitto, Subscriber, copy_bundle, wait_for
+from support.daemon import (
+    DaemonProcess,
+    Mosquitto,
+    Subscriber,
+    copy_bundle,
+    stop_fleet,
+    table_rows,
+    wait_for,
+)
 
 pytestmark = pytest.mark.mosquitto
 
@@ -175,24 +182,10 @@ def fleet(broker: Mosquitto, digits: Path, digits_bundle: Path,
             built.tails()
         yield built
     finally:
-        for daemon in daemons.values():
-            if daemon.alive:
-                daemon.process.terminate()
-        for daemon in daemons.values():
-            daemon.wait(30)
-        sub.stop()
-        shutil.rmtree(root / "devices", ignore_errors=True)
+        stop_fleet(daemons.values(), sub, root / "devices")
 
 
 # ----- checks --------------------------------------------------------------------------------
-
-
-def table_rows(stdout: str) -> dict[str, str]:
-    """Device → its row in the deploy table."""
-    lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"})
-    rows = [line for line in lines[start + 1:] if line and not re.match(r"^\d+/\d+ ", line)]
-    return {row.split()[0]: row for row in rows}
 
 
 def wait_for_new_results(fleet: Fleet, marks: dict[str, int], count: int = 2) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,24 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
     yield make
     for instance in made:
         instance.stop()
+
+
+def stop_fleet(daemons: Iterable[DaemonProcess], sub: Subscriber, devices_dir: Path) -> None:
+    """Stop every daemon of a fleet test (all asked first, then each waited for) and its
+    subscriber, and remove the devices' state."""
+    fleet = list(daemons)
+    for daemon in fleet:
+        if daemon.alive:
+            daemon.process.terminate()
+    for daemon in fleet:
+        daemon.wait(30)
+    sub.stop()
+    shutil.rmtree(devices_dir, ignore_errors=True)
+
+
+def table_rows(stdout: str) -> dict[str, str]:
+    """Device → its row in ``edge-convert deploy``'s table."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"})
+    rows = [line for line in lines[start + 1:] if line and not re.match(r"^\d+/\d+ ", line)]
+    return {row.split()[0]: row for row in rows}
