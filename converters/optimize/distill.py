@@ -33,6 +33,7 @@ from .inherit import inherit
 from .narrow import narrower
 from .training import (
     BATCH_SIZE,
+    accuracy,
     epoch_bar,
     refresh_batchnorm,
     require_arrays,
@@ -135,11 +136,6 @@ def _file_size(model: Any) -> int:
         return path.stat().st_size
 
 
-def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    return round(float(np.mean(np.asarray(model.predict(x, batch_size=256, verbose=0))
-                               .argmax(axis=1) == y)), 5)
-
-
 def job_distill(job: dict[str, Any]) -> dict[str, Any]:
     import keras
 
@@ -183,18 +179,18 @@ def job_distill(job: dict[str, Any]) -> dict[str, Any]:
     if inherited is not None:
         _fit(inherited, plain, distillation_loss(classes, 1.0, 1.0, student_logits), metric,
              "teacher's filters, labels only, epoch")
-        extra["inherited_label_only"] = {"accuracy": _accuracy(inherited, xv, yv)}
+        extra["inherited_label_only"] = {"accuracy": accuracy(inherited, (xv, yv))}
     clean.set_weights(student.get_weights())
     student = clean
     student.save(job["out"])
     return {
         "teacher": {"params": int(teacher.count_params()), "size_bytes": _file_size(teacher),
-                    "accuracy": _accuracy(teacher, xv, yv)},
+                    "accuracy": accuracy(teacher, (xv, yv))},
         "student": {"params": int(student.count_params()),
                     "size_bytes": Path(job["out"]).stat().st_size,
-                    "accuracy": _accuracy(student, xv, yv), "name": student.name,
+                    "accuracy": accuracy(student, (xv, yv)), "name": student.name,
                     "start": start},
-        "label_only": {"accuracy": _accuracy(baseline, xv, yv)},
+        "label_only": {"accuracy": accuracy(baseline, (xv, yv))},
         **extra,
         "epochs": len(epochs),
     }
