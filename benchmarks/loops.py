@@ -4,8 +4,10 @@ per-frame code without its threads and delivery."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -55,6 +57,16 @@ def bare_loop(model: Path, tensor: np.ndarray, threads: int, invokes: int) -> Lo
     return LoopRate(invokes / seconds, cpu / invokes * 1e3)
 
 
+def video_frames(capture: Any, count: int) -> Iterator[np.ndarray]:
+    """``count`` frames of a video, from its start again whenever it ends."""
+    for _ in range(count):
+        ok, frame = capture.read()
+        if not ok:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = capture.read()
+        yield frame
+
+
 def model_loop(assets: Assets, threads: int, frames: int) -> LoopRate:
     """The daemon's own per-frame code in one thread, without capture thread or delivery:
     decode a video frame, then ``LoadedModel.run`` (preprocess, invoke, post-process)."""
@@ -64,13 +76,9 @@ def model_loop(assets: Assets, threads: int, frames: int) -> LoopRate:
     capture = cv2.VideoCapture(str(assets.video))
     start = cpu = 0.0
     try:
-        for i in range(WARMUP_INVOKES + frames):
+        for i, frame in enumerate(video_frames(capture, WARMUP_INVOKES + frames)):
             if i == WARMUP_INVOKES:
                 start, cpu = time.perf_counter(), time.process_time()
-            ok, frame = capture.read()
-            if not ok:
-                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, frame = capture.read()
             model.run(frame)
     finally:
         capture.release()
@@ -101,13 +109,9 @@ def peer_loop(assets: Assets, threads: int, frames: int, broker: tuple[str, int]
     capture = cv2.VideoCapture(str(assets.video))
     start = cpu = 0.0
     try:
-        for i in range(WARMUP_INVOKES + frames):
+        for i, frame in enumerate(video_frames(capture, WARMUP_INVOKES + frames)):
             if i == WARMUP_INVOKES:
                 start, cpu = time.perf_counter(), time.process_time()
-            ok, frame = capture.read()
-            if not ok:
-                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, frame = capture.read()
             rgb = cv2.cvtColor(cv2.resize(frame, (width, height)), cv2.COLOR_BGR2RGB)
             x = (rgb.astype(np.float32) - 127.5) / 127.5
             quantized = np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
