@@ -16,7 +16,12 @@ Measured side by side in each round, with the same interpreter thread count:
 * peer-style loop: read, resize and quantize with OpenCV and NumPy, invoke, publish the top-5
   with QoS 1, on one thread, right before and right after the daemon → results/s;
 * CPU per step (decode, preprocess, invoke per thread count) → the CPU ceiling, cores ÷ (decode
-  + preprocess + cheapest invoke) results/s.
+  + preprocess + cheapest invoke) results/s;
+* the bound: cores ÷ the CPU per frame of decode + ``LoadedModel.run`` in one loop (the daemon's
+  frame work with nothing for delivery, at the cheapest thread count), and the same with the CPU
+  the broker and the subscriber spend per result on the same cores (sampled from the whole
+  machine during the daemon run). No daemon doing this frame work can exceed it here: its ratio
+  to the peer loop and to the ceiling says which goals this host allows at all.
 
 ``--threads auto`` (the default) leaves the daemon to choose by measurement; the loops then run
 with every count it may choose and the best counts. ``--clip`` picks the 640x480 MPEG-4 clip or
@@ -126,6 +131,16 @@ class DaemonRun:
         cpu = self.child.cpu_between(times[0], times[-1])
         return LoopRate(count / (times[-1] - times[0]), cpu / count * 1e3)
 
+    def beside_ms(self) -> float:
+        """CPU per result spent beside the daemon in the steady part, on the same cores: the
+        broker, the subscriber, anything else running."""
+        times = [a.at for a in self.steady_part()]
+        if len(times) < 2:
+            return float("nan")
+        machine = self.child.machine_cpu_between(times[0], times[-1])
+        own = self.child.cpu_between(times[0], times[-1])
+        return max(0.0, machine - own) / (len(times) - 1) * 1e3
+
     def overhead_ms(self) -> list[float]:
         """Per steady result: capture → arrival at the subscriber, less the invoke itself."""
         return [(a.at - a.payload["frame"]["captured_at"]) * 1e3
@@ -217,11 +232,21 @@ def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
     chosen = run.threads.get("threads") or counts[-1]
     cost = frame_cost(assets, counts, min(args.frames, COST_FRAMES))
     ceiling = cost.ceiling(cpu_count())
-    in_process = model_loop(assets, int(chosen), args.frames)
+    loops = {n: model_loop(assets, n, args.frames) for n in counts}
+    in_process = loops.get(int(chosen)) or model_loop(assets, int(chosen), args.frames)
+    cheapest_ms = min(loop.cpu_ms for loop in loops.values())
     paced = run_daemon(assets, broker, arrivals, frames=args.latency_frames,
                        threads=fixed, fps=args.fps, cold=args.cold_cache,
                        executable=args.edge_runtime)
     overhead = paced.overhead_ms()
+    beside_ms = run.beside_ms()
+    cores = cpu_count()
+    # The most any daemon doing this frame work could serve on these cores: its decode and
+    # LoadedModel.run CPU at the cheapest thread count, with nothing for delivery, threads or
+    # monitoring, perfectly packed; then the same with the broker and the subscriber taking
+    # their share of the cores.
+    work_bound = cores / cheapest_ms * 1e3
+    host_bound = cores / (cheapest_ms + beside_ms) * 1e3
     figures = {"bare_invokes_per_s": bare.per_s, "daemon_results_per_s": daemon.per_s,
                "throughput_ratio": daemon.per_s / bare.per_s,
                "peer_per_s": peer.per_s, "peer_ratio": daemon.per_s / peer.per_s,
@@ -236,6 +261,9 @@ def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
                "model_loop_per_s": in_process.per_s,
                "bare_cpu_ms": bare.cpu_ms, "peer_cpu_ms": peer.cpu_ms,
                "model_loop_cpu_ms": in_process.cpu_ms, "daemon_cpu_ms": daemon.cpu_ms,
+               "beside_cpu_ms": beside_ms, "work_bound_per_s": work_bound,
+               "host_bound_per_s": host_bound, "host_bound_peer_ratio": host_bound / peer.per_s,
+               "host_bound_ceiling_ratio": host_bound / ceiling,
                "overhead_p50_ms": float(np.percentile(overhead, 50)),
                "overhead_p99_ms": float(np.percentile(overhead, 99))}
     return {"figures": figures, "stages_p50_ms": stage_latencies(run.metrics),

@@ -30,13 +30,23 @@ class ChildRun:
     cpu_seconds: float
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU seconds)
     peak_anon_bytes: int = 0  # largest RssAnon sampled: heaps, not shared library pages
+    # (wall, busy CPU seconds of the whole machine): the child and everything beside it
+    machine_samples: list[tuple[float, float]] = field(default_factory=list)
 
     def cpu_between(self, start: float, end: float) -> float:
         """CPU seconds the child used between two wall-clock times (from the samples)."""
-        if len(self.cpu_samples) < 2:
-            return float("nan")
-        walls, cpus = zip(*self.cpu_samples, strict=True)
-        return float(np.interp(end, walls, cpus) - np.interp(start, walls, cpus))
+        return _between(self.cpu_samples, start, end)
+
+    def machine_cpu_between(self, start: float, end: float) -> float:
+        """Busy CPU seconds of the whole machine between two wall-clock times."""
+        return _between(self.machine_samples, start, end)
+
+
+def _between(samples: list[tuple[float, float]], start: float, end: float) -> float:
+    if len(samples) < 2:
+        return float("nan")
+    walls, cpus = zip(*samples, strict=True)
+    return float(np.interp(end, walls, cpus) - np.interp(start, walls, cpus))
 
 
 def run_monitored(command: Sequence[str], timeout: float = RUN_TIMEOUT_S,
@@ -48,6 +58,7 @@ def run_monitored(command: Sequence[str], timeout: float = RUN_TIMEOUT_S,
                                stderr=subprocess.DEVNULL if quiet else None)
     high_water = anon = 0
     samples: list[tuple[float, float]] = []
+    machine: list[tuple[float, float]] = []
     deadline = clock + timeout
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -58,6 +69,7 @@ def run_monitored(command: Sequence[str], timeout: float = RUN_TIMEOUT_S,
         cpu = _cpu_s(process.pid)
         if cpu is not None:
             samples.append((time.time(), cpu))
+        machine.append((time.time(), _machine_ticks()[0]))
         if time.perf_counter() > deadline:
             process.kill()
             process.wait()
@@ -67,7 +79,7 @@ def run_monitored(command: Sequence[str], timeout: float = RUN_TIMEOUT_S,
     # Not usage.ru_maxrss: a child forked from this process inherits this process's RSS as its
     # high-water mark until it execs, so it would report the benchmark's memory, not its own.
     return ChildRun(started, process.returncode, high_water, time.perf_counter() - clock,
-                    usage.ru_utime + usage.ru_stime, samples, anon)
+                    usage.ru_utime + usage.ru_stime, samples, anon, machine)
 
 
 def _cpu_s(pid: int) -> float | None:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_runtime.publish import sender as sender_module
 from edge_runtime.publish.outbox import Outbox, OutboxItem
 from edge_runtime.publish.sender import ACK_BATCH, INLINE_GAP_S, OutboxSender
 
@@ -407,6 +408,36 @@ def test_a_message_after_a_quiet_spell_is_published_on_the_storing_thread_when_i
         wait_until(lambda: len(conn.sent) == 3)
         assert conn.threads[2] == conn.threads[0]  # left to the sender thread
         wait_until(lambda: sender.inflight == 1)
+
+
+def test_a_burst_is_published_by_polling_not_by_a_wake_up_per_message(
+        outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sender_module, "IDLE_POLL_S", 60.0)   # a missed message would wait this
+    clock = StepClock()
+    count = 100
+    acked = 0
+    with running_sender(outbox, clock=clock) as (sender, conn):
+        sender.connection_up()
+        wait_until(lambda: sender.rounds > 0)
+        before = sender.rounds
+        for _ in range(count):
+            clock.now += INLINE_GAP_S / 10   # close together: a burst
+            fill(outbox, 1)
+            sender.wake()
+            for mid in conn.mids()[acked:]:
+                sender.acked_mid(mid)
+                acked += 1
+            time.sleep(0.001)   # room for a sender woken per message to run each time
+        wait_until(lambda: len(conn.sent) == count)
+        assert conn.seqs() == list(range(1, count + 1))
+        assert sender.rounds - before <= count // 3
+        clock.now += 1.0   # the burst is over: the last message still goes at once
+        fill(outbox, 1)
+        sender.wake()
+        wait_until(lambda: len(conn.sent) == count + 1)
+        for mid in conn.mids()[acked:]:
+            sender.acked_mid(mid)
+        wait_until(lambda: outbox.depth() == 0)
 
 
 def test_a_message_stored_while_down_goes_once_the_connection_is_up(outbox: Outbox) -> None:
