@@ -15,8 +15,9 @@ Measured side by side in each round, with the same interpreter thread count:
   (arrival at the subscriber - ``frame.captured_at`` - ``timing_ms.inference``), p50 / p99;
 * peer-style loop: read, resize and quantize with OpenCV and NumPy, invoke, publish the top-5
   with QoS 1, on one thread, right before and right after the daemon → results/s;
-* CPU per step (decode, preprocess, invoke per thread count) → the CPU ceiling, cores ÷ (decode
-  + preprocess + cheapest invoke) results/s;
+* CPU per step (decode on one thread and on FFmpeg's default threads, preprocess, invoke per
+  thread count) → the CPU ceiling, cores ÷ (cheapest decode + preprocess + cheapest invoke)
+  results/s;
 * the bound: cores ÷ the CPU per frame of decode + ``LoadedModel.run`` in one loop (the daemon's
   frame work with nothing for delivery, at the cheapest thread count), and the same with the CPU
   the broker and the subscriber spend per result on the same cores (sampled from the whole
@@ -55,10 +56,8 @@ import importlib.util
 import json
 import statistics
 import sys
-import tempfile
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +65,10 @@ import numpy as np
 from assets import VIDEO_FRAMES, Assets, prepare_assets, quiet_tensorflow_env, tool
 from common import mosquitto
 from daemon_report import describe_round, print_table, stage_latencies, verdicts
+from daemon_run import run_daemon
 from loops import LoopRate, bare_loop, frame_cost, input_tensor, model_loop, peer_loop
-from monitor import ChildRun, CpuShare, drop_page_cache, run_monitored
-from subscriber import Arrival, Arrivals
+from monitor import CpuShare, drop_page_cache, run_monitored
+from subscriber import Arrivals
 
 from edge_runtime.system.sysinfo import cpu_count
 
@@ -94,87 +94,6 @@ for _ in range(int(sys.argv[3])):
 """
 
 
-# ----- the daemon ------------------------------------------------------------------------------
-
-
-@dataclass
-class DaemonRun:
-    child: ChildRun
-    results: list[Arrival]
-    metrics: dict[str, Any] | None = field(default=None)
-
-    @property
-    def first_result_s(self) -> float:
-        return self.results[0].at - self.child.started
-
-    @property
-    def threads(self) -> dict[str, Any]:
-        """What the daemon said about its interpreter threads in its final metrics."""
-        pipeline = (self.metrics or {}).get("pipelines", {}).get("default", {})
-        found = pipeline.get("threads")
-        return found if isinstance(found, dict) else {}
-
-    def steady_part(self) -> list[Arrival]:
-        """The results after the first tenth (warm-up: first invokes, connection, caches) and,
-        with threads chosen by measurement, after the choice was made."""
-        ordered = sorted(self.results, key=lambda a: a.at)
-        decided = self.threads.get("decided_after_frames") or 0
-        tuned = [a for a in ordered if a.payload["seq"] > decided + 2]
-        return tuned[max(5, len(tuned) // 10):]
-
-    def steady(self) -> LoopRate:
-        """Results per second at the broker and daemon CPU per result, in the steady part."""
-        times = [a.at for a in self.steady_part()]
-        if len(times) < 2 or times[-1] <= times[0]:
-            return LoopRate(float("nan"), float("nan"))
-        count = len(times) - 1
-        cpu = self.child.cpu_between(times[0], times[-1])
-        return LoopRate(count / (times[-1] - times[0]), cpu / count * 1e3)
-
-    def beside_ms(self) -> float:
-        """CPU per result spent beside the daemon in the steady part, on the same cores: the
-        broker, the subscriber, anything else running."""
-        times = [a.at for a in self.steady_part()]
-        if len(times) < 2:
-            return float("nan")
-        machine = self.child.machine_cpu_between(times[0], times[-1])
-        own = self.child.cpu_between(times[0], times[-1])
-        return max(0.0, machine - own) / (len(times) - 1) * 1e3
-
-    def overhead_ms(self) -> list[float]:
-        """Per steady result: capture → arrival at the subscriber, less the invoke itself."""
-        return [(a.at - a.payload["frame"]["captured_at"]) * 1e3
-                - a.payload["timing_ms"]["inference"] for a in self.steady_part()]
-
-
-def run_daemon(assets: Assets, broker: tuple[str, int], arrivals: Arrivals, *, frames: int,
-               threads: int | None, fps: float | None = None, cold: bool = False,
-               executable: str | None = None, extra: Sequence[str] = ()) -> DaemonRun:
-    device = f"bench-{uuid.uuid4().hex[:6]}"
-    host, port = broker
-    with tempfile.TemporaryDirectory() as state:
-        command = [
-            executable or tool("edge-runtime"), "run", "--bundle", str(assets.bundle),
-            "--source", str(assets.video), "--max-frames", str(frames),
-            "--mqtt", f"mqtt://{host}:{port}", "--device-id", device, "--state-dir", state,
-        ]
-        if threads is not None:
-            command += ["--threads", str(threads)]
-        if fps is not None:
-            command += ["--fps", f"{fps:g}"]
-        if frames > VIDEO_FRAMES:
-            command.append("--loop")
-        command += list(extra)
-        if cold:
-            drop_page_cache()
-        child = run_monitored(command)
-    if child.exit_code != 0:
-        raise SystemExit(f"edge-runtime exited with {child.exit_code}")
-    results = arrivals.take(f"edge/{device}/default/result", frames)
-    if len(results) < frames:
-        raise SystemExit(f"only {len(results)} of {frames} results reached the broker")
-    final = arrivals.take(f"edge/{device}/metrics", 1, timeout=2.0)
-    return DaemonRun(child, results, final[-1].payload if final else None)
 
 
 def tensorflow_rss(model: Path, threads: int, invokes: int = 50) -> int | None:

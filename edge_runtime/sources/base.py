@@ -48,7 +48,8 @@ class SourceOptions:
     when it is much smaller than the frame, and a camera without a requested size is asked for
     the mode closest to it. ``decode`` is the config's choice (see ``PipelineConfig.decode``):
     ``auto``, ``full`` (software, full scale), or a hardware H.264 decoder; ``hw_decoder`` is
-    the one the bundle's profile names for ``auto``.
+    the one the bundle's profile names for ``auto``. ``decode_threads`` is FFmpeg's thread count
+    for software video decoding.
     """
 
     fps: float | None = None
@@ -60,11 +61,12 @@ class SourceOptions:
     target: tuple[int, int] | None = None
     decode: str = "auto"
     hw_decoder: str | None = None
+    decode_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.fps is not None and self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
-        for name in ("width", "height"):
+        for name in ("width", "height", "decode_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")

@@ -149,3 +149,49 @@ def test_an_mjpeg_video_is_decoded_from_its_packets_reduced(tmp_path: Path) -> N
     assert all(f is not None and f.data.shape == (120, 160, 3) for f in frames)
     assert source.decoding["jpeg_scale"] == "reduced"
     assert abs(int(frames[2].data.mean()) - 120) <= 2  # type: ignore[union-attr]
+
+
+def test_a_looped_mjpeg_video_starts_over_reduced(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (640, 480))
+    for i in range(3):
+        writer.write(np.full((480, 640, 3), 60 * i, np.uint8))
+    writer.release()
+    source = open_source(str(path), SourceOptions(target=(100, 100), loop=True))
+    source.open()
+    try:
+        frames = [source.read() for _ in range(7)]
+    finally:
+        source.close()
+    assert [f.ref for f in frames if f is not None] == ["0", "1", "2", "0", "1", "2", "0"]
+    means = [int(f.data.mean()) for f in frames if f is not None]
+    assert all(abs(m - e) <= 2 for m, e in zip(means, [0, 60, 120] * 2 + [0], strict=True))
+
+
+def mpeg4_clip(path: Path, frames: int = 3) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 10, (320, 240))
+    for i in range(frames):
+        writer.write(np.full((240, 320, 3), 60 * i, np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize(("asked", "expected"), [(None, 1), (2, 2)])
+def test_software_video_decoding_runs_on_the_threads_asked_for(
+        tmp_path: Path, asked: int | None, expected: int) -> None:
+    # FFmpeg would take a thread per core (and a frame of delay per extra thread) by default.
+    clip = mpeg4_clip(tmp_path / "clip.mp4")
+    options = SourceOptions() if asked is None else SourceOptions(decode_threads=asked)
+    source = open_source(str(clip), options)
+    source.open()
+    try:
+        frames = [source.read() for _ in range(3)]
+    finally:
+        source.close()
+    assert all(f is not None and f.data.shape == (240, 320, 3) for f in frames)
+    assert source.decoding == {"decoder": "software", "threads": expected}
+
+
+def test_decode_threads_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="decode_threads must be positive"):
+        SourceOptions(decode_threads=0)

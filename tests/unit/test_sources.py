@@ -138,11 +138,15 @@ def test_video_frames_in_order_then_end(video_file: Path) -> None:
     source.close()
 
 
-def test_video_loop_reopens_and_keeps_counting(video_file: Path) -> None:
+def test_video_loop_rewinds_and_keeps_counting(video_file: Path) -> None:
     source = opened(str(video_file), SourceOptions(loop=True))
+    capture = source._capture   # type: ignore[attr-defined]
     frames = [source.read() for _ in range(9)]
     assert [f.ref for f in frames if f] == ["0", "1", "2", "3", "4", "5", "0", "1", "2"]
     assert [f.index for f in frames if f] == list(range(9))
+    assert frames[0] is not None and frames[6] is not None
+    assert np.array_equal(frames[6].data, frames[0].data)   # the first frame again
+    assert source._capture is capture   # type: ignore[attr-defined]  # by seeking, not reopening
     source.close()
 
 
