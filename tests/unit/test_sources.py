@@ -6,6 +6,7 @@ import io
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -147,6 +148,23 @@ def test_video_loop_rewinds_and_keeps_counting(video_file: Path) -> None:
     assert frames[0] is not None and frames[6] is not None
     assert np.array_equal(frames[6].data, frames[0].data)   # the first frame again
     assert source._capture is capture   # type: ignore[attr-defined]  # by seeking, not reopening
+    source.close()
+
+
+def test_a_paced_video_decodes_each_frame_at_its_tick(video_file: Path) -> None:
+    # Decoded at its tick, as a camera's frame arrives: not straight after the previous frame
+    # was handed over, while the pipeline is busy with that one.
+    source = opened(str(video_file), SourceOptions(fps=0.2))
+    assert source.read() is not None   # the first tick is at once
+    capture = source._capture   # type: ignore[attr-defined]
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(source.read()))
+    reader.start()
+    time.sleep(0.2)   # well before the next tick, 5 s away
+    assert capture.get(cv2.CAP_PROP_POS_FRAMES) == 1   # the second frame is not decoded yet
+    source.interrupt()
+    reader.join(5)
+    assert got == [None]
     source.close()
 
 
