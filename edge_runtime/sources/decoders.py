@@ -150,9 +150,6 @@ def open_capture(target: str, options: SourceOptions, decoding: dict[str, object
     hw = wanted_hw_decoder(options)
     decoding.clear()
     decoding["decoder"] = "software"
-    threads = int(capture.get(N_THREADS)) if N_THREADS is not None else 0
-    if threads > 0:
-        decoding["threads"] = threads
     if hw is not None and capture.isOpened() and fourcc(capture) in H264:
         accelerated, why = open_hardware(target, hw, params)
         if accelerated is not None:
@@ -163,4 +160,6 @@ def open_capture(target: str, options: SourceOptions, decoding: dict[str, object
     jpeg = raw_jpeg(capture, options) if capture.isOpened() else None
     if jpeg is not None:
         decoding["jpeg_scale"] = "reduced"
+    elif N_THREADS is not None and capture.isOpened():   # FFmpeg decodes: on how many threads
+        decoding["threads"] = int(capture.get(N_THREADS))
     return capture, jpeg
