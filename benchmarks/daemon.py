@@ -75,7 +75,10 @@ from edge_runtime.system.sysinfo import cpu_count
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench" / "daemon"
 CLIPS = ("vga-mpeg4", "720p-h264")
-AUTO_RUN = 4      # with threads by measurement, a run makes this many times --frames results
+# With threads by measurement, a run makes this many times --frames results: the choice takes
+# eight measuring windows of at least 0.3 s (about 1,600 results at 640x480 here), and the
+# figures come from the results after it.
+AUTO_RUN = 10
 COST_FRAMES = 150  # frames the CPU cost per step is measured on
 
 TF_EQUIVALENT = """
@@ -142,6 +145,9 @@ def measure_round(args: argparse.Namespace, assets: Assets, tensor: np.ndarray,
     run = run_daemon(assets, broker, arrivals, frames=args.frames * (AUTO_RUN if fixed is None
                                                                      else 1),
                      threads=fixed, cold=args.cold_cache, executable=args.edge_runtime)
+    if fixed is None and run.threads.get("decided_after_frames") is None:
+        raise SystemExit("the daemon had not chosen its threads by the end of its run: its "
+                         "figures would be those of its measuring windows; raise --frames")
     peer_after = best(peer_loop(assets, n, args.frames, broker) for n in counts)
     after = best(bare_loop(assets.model, tensor, n, args.frames) for n in counts)
     bare = LoopRate((before.per_s + after.per_s) / 2, (before.cpu_ms + after.cpu_ms) / 2)
