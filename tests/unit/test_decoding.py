@@ -134,12 +134,17 @@ def test_a_video_source_reports_its_fallback(tmp_path: Path) -> None:
     assert source.decoding["requested"] == "v4l2m2m"
 
 
-def test_an_mjpeg_video_is_decoded_from_its_packets_reduced(tmp_path: Path) -> None:
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (640, 480))
-    for i in range(3):
-        writer.write(np.full((480, 640, 3), 60 * i, np.uint8))
+def written_clip(path: Path, fourcc: str, size: tuple[int, int], frames: int = 3) -> Path:
+    """A clip of ``frames`` flat gray frames, 0, 60, 120 … bright."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), 10, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 60 * i, np.uint8))
     writer.release()
+    return path
+
+
+def test_an_mjpeg_video_is_decoded_from_its_packets_reduced(tmp_path: Path) -> None:
+    path = written_clip(tmp_path / "clip.avi", "MJPG", (640, 480))
     source = open_source(str(path), SourceOptions(target=(100, 100)))
     source.open()
     try:
@@ -152,11 +157,7 @@ def test_an_mjpeg_video_is_decoded_from_its_packets_reduced(tmp_path: Path) -> N
 
 
 def test_a_looped_mjpeg_video_starts_over_reduced(tmp_path: Path) -> None:
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (640, 480))
-    for i in range(3):
-        writer.write(np.full((480, 640, 3), 60 * i, np.uint8))
-    writer.release()
+    path = written_clip(tmp_path / "clip.avi", "MJPG", (640, 480))
     source = open_source(str(path), SourceOptions(target=(100, 100), loop=True))
     source.open()
     try:
@@ -168,19 +169,11 @@ def test_a_looped_mjpeg_video_starts_over_reduced(tmp_path: Path) -> None:
     assert all(abs(m - e) <= 2 for m, e in zip(means, [0, 60, 120] * 2 + [0], strict=True))
 
 
-def mpeg4_clip(path: Path, frames: int = 3) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 10, (320, 240))
-    for i in range(frames):
-        writer.write(np.full((240, 320, 3), 60 * i, np.uint8))
-    writer.release()
-    return path
-
-
 @pytest.mark.parametrize(("asked", "expected"), [(None, 1), (2, 2)])
 def test_software_video_decoding_runs_on_the_threads_asked_for(
         tmp_path: Path, asked: int | None, expected: int) -> None:
     # FFmpeg would take a thread per core (and a frame of delay per extra thread) by default.
-    clip = mpeg4_clip(tmp_path / "clip.mp4")
+    clip = written_clip(tmp_path / "clip.mp4", "mp4v", (320, 240))
     options = SourceOptions() if asked is None else SourceOptions(decode_threads=asked)
     source = open_source(str(clip), options)
     source.open()
