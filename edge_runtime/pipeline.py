@@ -85,7 +85,7 @@ class Pipeline:
         source = open_source(self.config.source, self._source_options(model))
         self.capture = Capture(source, on_state=self._source_state,
                                ahead=None if source.live else self.preprocess)
-        self._tuner = tuner_for(self.config.threads, model)
+        self._tuner = tuner_for(self.config.threads, model, live=source.live)
         self._retune = self._tuner is not None
         self._model = model
         self.watcher.serve(model, swapped=False)

@@ -103,6 +103,9 @@ class ThreadTuner:
     """
 
     candidates: Sequence[Layout]
+    # A live source's frames come at the source's pace: among rates within TIE, the layout a
+    # frame waits least for wins. A file is read as fast as it can be: the fastest wins.
+    live: bool = True
     retune_s: float = RETUNE_S
     settle_frames: int = SETTLE_FRAMES
     window_frames: int = WINDOW_FRAMES
@@ -180,7 +183,7 @@ class ThreadTuner:
     def _decide(self, now: float) -> Layout:
         ranked = sorted(self.measured.values(), key=lambda m: m.per_s, reverse=True)
         best_rate = ranked[0].per_s
-        close = [m for m in ranked if m.per_s >= best_rate * (1 - TIE)]
+        close = [m for m in ranked if m.per_s >= best_rate * (1 - TIE)] if self.live else ranked[:1]
         best = min(close, key=lambda m: (m.latency_ms, m.layout.threads))
         self.chosen = best.layout
         self.rounds += 1
@@ -210,11 +213,12 @@ class ThreadTuner:
         }
 
 
-def tuner_for(threads: int | str | None, model: LoadedModel) -> ThreadTuner | None:
+def tuner_for(threads: int | str | None, model: LoadedModel, *, live: bool = True,
+              ) -> ThreadTuner | None:
     """A tuner when the threads are left to measurement and the CPU runs the model."""
     if isinstance(threads, int) or not model.retunable:
         return None
     candidates = layouts(cpu_count(), images=model.spec.is_image)
     # The thread count the model was built with first: one interpreter fewer to build.
     candidates.sort(key=lambda layout: layout.threads != model.backend.threads)
-    return ThreadTuner(candidates) if len(candidates) > 1 else None
+    return ThreadTuner(candidates, live=live) if len(candidates) > 1 else None

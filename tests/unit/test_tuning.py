@@ -58,6 +58,18 @@ def test_a_tie_goes_to_the_layout_a_frame_waits_least_for() -> None:
     assert tuner.chosen == Layout(2, False)
 
 
+def test_a_file_takes_the_fastest_layout_even_a_hair_ahead() -> None:
+    # Read as fast as it can be, a file has no frame waiting on a pace: 2% more results/s wins
+    # over a shorter wait per frame (a camera would take the shorter wait, as above).
+    candidates = [Layout(1, False), Layout(1, True)]
+    cost = {Layout(1, False): 0.0098, Layout(1, True): 0.0100}
+    for live, expected in ((False, Layout(1, False)), (True, Layout(1, True))):
+        tuner = ThreadTuner(candidates, live=live, window_frames=4, window_s=0.02,
+                            settle_frames=1)
+        drive(tuner, cost)
+        assert tuner.chosen == expected
+
+
 def test_it_measures_again_after_the_retune_interval() -> None:
     candidates = [Layout(1, False), Layout(2, False)]
     cost = {Layout(1, False): 0.01, Layout(2, False): 0.005}
