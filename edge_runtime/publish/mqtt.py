@@ -136,10 +136,15 @@ class MqttLink:
                 self._publish_status()
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        """Publish directly, bypassing the outbox; dropped (and counted) when disconnected."""
+        """Publish directly, bypassing the outbox, after the results stored before it; dropped
+        (and counted) when disconnected."""
         if not self._connected:
             self._direct_dropped += 1
             return
+        try:
+            self._sender.flush()
+        except Exception:
+            log.debug("could not publish the stored results first", exc_info=True)
         try:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
         except ValueError as exc:

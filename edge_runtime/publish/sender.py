@@ -129,6 +129,17 @@ class OutboxSender:
         finally:
             self._window_lock.release()
 
+    def flush(self) -> None:
+        """Publish, on the calling thread, what the outbox holds and the window has room for:
+        a message sent around the outbox (health, a reply, metrics) then follows the results
+        stored before it, even while a burst leaves them for the sender's next look."""
+        with self._window_lock:
+            with self._cond:
+                ready = (self._up and not self._stopping
+                         and self._generation == self._window_generation)
+            if ready:
+                self._fill_window(batch=False)
+
     def drain(self) -> None:
         """From now on, write acks to the outbox at once instead of in batches."""
         with self._cond:
@@ -143,6 +154,11 @@ class OutboxSender:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def polling(self) -> bool:
+        """A burst is on: the sender looks at the outbox every BURST_POLL_S, unwoken."""
+        return self._polling
 
     # The sender thread ---------------------------------------------------------------------
 
@@ -241,10 +257,10 @@ class OutboxSender:
             self._pending_since = time.monotonic()
         self._pending_acks.append(outbox_id)
 
-    def _fill_window(self) -> None:
+    def _fill_window(self, batch: bool = True) -> None:
         room = self._max_inflight - len(self._inflight)
         # Refill in batches under load (one query per batch, not per ack); at once when idle.
-        if room <= 0 or (self._inflight and room < self._refill_at):
+        if room <= 0 or (batch and self._inflight and room < self._refill_at):
             return
         for item in self._outbox.peek(room, after_id=self._cursor):
             try:

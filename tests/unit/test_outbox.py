@@ -440,6 +440,28 @@ def test_a_burst_is_published_by_polling_not_by_a_wake_up_per_message(
         wait_until(lambda: outbox.depth() == 0)
 
 
+def test_flush_publishes_what_a_burst_left_for_later_on_the_calling_thread(
+        outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A message sent around the outbox (health, a reply) follows the results stored before it.
+    monkeypatch.setattr(sender_module, "BURST_POLL_S", 60.0)   # the sender would look this late
+    clock = StepClock()
+    with running_sender(outbox, clock=clock) as (sender, conn):
+        sender.connection_up()
+        fill(outbox, 1)
+        sender.wake()
+        clock.now += INLINE_GAP_S / 10   # close behind: a burst, and the sender polls
+        fill(outbox, 1)
+        sender.wake()
+        wait_until(lambda: sender.polling)
+        sender.flush()
+        assert conn.seqs() == [1, 2]
+        clock.now += INLINE_GAP_S / 10
+        fill(outbox, 2)
+        sender.wake()   # polling: nobody is woken, the sender looks again in a minute
+        sender.flush()
+        assert conn.seqs() == [1, 2, 3, 4]
+
+
 def test_a_message_stored_while_down_goes_once_the_connection_is_up(outbox: Outbox) -> None:
     clock = StepClock()
     with running_sender(outbox, clock=clock) as (sender, conn):
