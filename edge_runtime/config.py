@@ -116,10 +116,9 @@ class PipelineConfig(_Model):
         "auto", description="auto: JPEG frames at a reduced scale when the model is much smaller, "
                             "H.264 on the decoder the bundle's profile names; full: software, "
                             "full scale; v4l2m2m (Raspberry Pi) or nvv4l2 (Jetson): hardware.")
-    decode_threads: int = Field(
-        1, ge=1, le=64, description="Threads of software video decoding: 1 (the default) costs "
-                                    "the least CPU and delays no frame; more only when one core "
-                                    "cannot keep up with the video.")
+    decode_threads: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto", description="Threads of software video decoding; auto: one for files (the least "
+                            "CPU), FFmpeg's own for streams (a camera must be kept up with).")
     delegate: str | None = Field(None, description="xnnpack, edgetpu[:usb|:pci], gpu, none, or .so")
     allow_cpu_fallback: bool = Field(False, description="Run on the CPU if the delegate fails.")
     publish: PublishConfig = Field(default_factory=PublishConfig)  # type: ignore[arg-type]

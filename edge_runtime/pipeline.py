@@ -333,7 +333,8 @@ class Pipeline:
                              window=window, base_dir=c.base_dir,
                              target=(spec.width, spec.height) if spec.is_image else None,
                              decode=c.decode, hw_decoder=hw if isinstance(hw, str) else None,
-                             decode_threads=c.decode_threads)
+                             decode_threads=None if c.decode_threads == "auto"
+                             else c.decode_threads)
 
     def _source_state(self, state: str, reason: str) -> None:
         self.source_state, self.source_reason = state, reason

@@ -10,10 +10,14 @@ arrives after a quiet spell (``INLINE_GAP_S``, as from a camera or a paced file)
 the storing thread when the window is idle and the connection settled, which spares a thread
 hand-off on its way to the broker (0.18 ms at the p50 here); messages that come close together
 (a file read as fast as possible) are left to the sender thread, which batches them and costs the
-storing thread nothing. While such a burst lasts the sender is not woken for each message or
-each acknowledgement: it looks at the outbox every ``BURST_POLL_S`` and publishes what came
+storing thread nothing. Once ``BURST_RUN`` messages in a row came that close (a sustained
+burst, not two live pipelines that happen to coincide), the sender is not woken for each message
+or each acknowledgement: it looks at the outbox every ``BURST_POLL_S`` and publishes what came
 meanwhile in one go, so a result costs no thread wake-up of its own (two per result otherwise,
-a third of the storing thread's Python time on a 720p clip). The MQTT thread reports through
+a third of the storing thread's Python time on a 720p clip). An acknowledgement that frees a
+full window still wakes it. A message sent around the outbox calls :meth:`OutboxSender.flush`
+first, which publishes what the window has room for, so it does not overtake the results
+stored before it. The MQTT thread reports through
 ``connection_up``, ``connection_down`` and ``acked_mid``, which only note it under ``_cond`` and
 wake the sender; it never waits for the window lock, so holding that lock while calling into
 paho cannot deadlock.
@@ -37,6 +41,7 @@ IDLE_POLL_S = 1.0
 FAILURE_PAUSE_S = 1.0
 INLINE_GAP_S = 0.01   # a message this long after the previous one is published on its own thread
 BURST_POLL_S = 0.01   # during a burst the sender looks at the outbox this often, unwoken
+BURST_RUN = 3         # close messages in a row that make a burst
 
 PublishItem = Callable[[OutboxItem], int | None]
 
@@ -49,6 +54,8 @@ class OutboxSender:
         self._outbox = outbox
         self._clock = clock
         self._last_wake = -INLINE_GAP_S
+        self._close_run = 0                 # messages in a row less than INLINE_GAP_S apart
+        self._last_burst = -INLINE_GAP_S    # when the last of a run of BURST_RUN came
         self._publish = publish
         self._max_inflight = max_inflight
         self._cond = threading.Condition()
@@ -95,7 +102,7 @@ class OutboxSender:
         """The broker acknowledged message ``mid`` (``refused``: an MQTT 5 failure code)."""
         with self._cond:
             self._acks.append((self._generation, mid, refused))
-            if not self._polling or self._draining:
+            if not self._polling or self._draining or self.inflight >= self._max_inflight:
                 self._signal()
 
     def wake(self) -> None:
@@ -105,6 +112,9 @@ class OutboxSender:
         now = self._clock()
         quiet = now - self._last_wake >= INLINE_GAP_S
         self._last_wake = now
+        self._close_run = 0 if quiet else self._close_run + 1
+        if self._close_run >= BURST_RUN:
+            self._last_burst = now
         self._arrived = True
         if quiet and self._publish_now():
             return
@@ -132,7 +142,8 @@ class OutboxSender:
     def flush(self) -> None:
         """Publish, on the calling thread, what the outbox holds and the window has room for:
         a message sent around the outbox (health, a reply, metrics) then follows the results
-        stored before it, even while a burst leaves them for the sender's next look."""
+        stored before it, even while a burst leaves them for the sender's next look. Best
+        effort: with the window full, or before a new connection settled, they come later."""
         with self._window_lock:
             with self._cond:
                 ready = (self._up and not self._stopping
@@ -200,7 +211,7 @@ class OutboxSender:
     def _poll_while_bursting(self, up: bool) -> None:
         """Poll while messages come close together; leave polling once a round found the burst
         over and nothing new arrived since it looked."""
-        if up and self._clock() - self._last_wake < INLINE_GAP_S:
+        if up and self._clock() - self._last_burst < INLINE_GAP_S:
             self._polling = True
             return
         self._polling = False

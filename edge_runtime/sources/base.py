@@ -49,7 +49,7 @@ class SourceOptions:
     the mode closest to it. ``decode`` is the config's choice (see ``PipelineConfig.decode``):
     ``auto``, ``full`` (software, full scale), or a hardware H.264 decoder; ``hw_decoder`` is
     the one the bundle's profile names for ``auto``. ``decode_threads`` is FFmpeg's thread count
-    for software video decoding.
+    for software video decoding; None (auto): one for files, FFmpeg's own for live streams.
     """
 
     fps: float | None = None
@@ -61,7 +61,7 @@ class SourceOptions:
     target: tuple[int, int] | None = None
     decode: str = "auto"
     hw_decoder: str | None = None
-    decode_threads: int = 1
+    decode_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.fps is not None and self.fps <= 0:

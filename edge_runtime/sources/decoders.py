@@ -9,11 +9,12 @@ software otherwise, and MJPEG packets decoded at a reduced scale (:mod:`.jpeg`).
 A decoder the board or this OpenCV does not offer falls back to software decoding; the source's
 ``decoding`` says so, and why, in status.
 
-Software decoding runs on ``decode_threads`` FFmpeg threads, one by default. FFmpeg's own default
-(a thread per core, frame by frame) keeps every core busy decoding ahead and delays each frame by
-one per extra thread; with the interpreter on the same cores one thread costs less: a 720p H.264
-frame took 2.46 ms of CPU on one thread against 2.73 ms on two here, and the daemon served 5%
-more results per second.
+Software decoding of a file runs on one FFmpeg thread unless ``decode_threads`` says otherwise.
+FFmpeg's own default (a thread per core, frame by frame) keeps every core busy decoding ahead;
+with the interpreter on the same cores one thread costs less: a 720p H.264 frame took 2.46 ms
+of CPU on one thread against 2.73 ms on two here, and the daemon served 5–10% more results per
+second. A live stream keeps FFmpeg's default: a camera's stream has to be decoded as fast as it
+comes, and one core of a small board may not keep up with a large one.
 """
 
 from __future__ import annotations
@@ -135,18 +136,23 @@ H264 = frozenset({"H264", "AVC1", "X264", "DAVC"})
 N_THREADS: int | None = getattr(cv2, "CAP_PROP_N_THREADS", None)   # OpenCV 4.6 and later
 
 
-def open_ffmpeg(target: str, threads: int, params: list[int] | None = None) -> Any:
-    """OpenCV's FFmpeg capture of ``target`` decoding on ``threads`` threads (an OpenCV older
-    than 4.6, which has no such setting, uses FFmpeg's default)."""
-    extra = [N_THREADS, threads] if N_THREADS is not None else []
+def open_ffmpeg(target: str, threads: int | None, params: list[int] | None = None) -> Any:
+    """OpenCV's FFmpeg capture of ``target`` decoding on ``threads`` threads (None, or an
+    OpenCV older than 4.6, which has no such setting: FFmpeg's default)."""
+    extra = [N_THREADS, threads] if N_THREADS is not None and threads is not None else []
     return cv2.VideoCapture(target, cv2.CAP_FFMPEG, [*(params or []), *extra])
 
 
 def open_capture(target: str, options: SourceOptions, decoding: dict[str, object], what: str,
-                 params: list[int] | None = None) -> tuple[Any, JpegDecoder | None]:
+                 params: list[int] | None = None, *, live: bool = False,
+                 ) -> tuple[Any, JpegDecoder | None]:
     """A capture for ``target`` (OpenCV's FFmpeg backend), moved onto the hardware decoder the
-    config or profile asks for when the video is H.264; the MJPEG packet decoder, if used."""
-    capture = open_ffmpeg(target, options.decode_threads, params)
+    config or profile asks for when the video is H.264; the MJPEG packet decoder, if used.
+    ``live``: a stream, decoded on FFmpeg's own threads unless the options say how many."""
+    threads = options.decode_threads
+    if threads is None and not live:
+        threads = 1
+    capture = open_ffmpeg(target, threads, params)
     hw = wanted_hw_decoder(options)
     decoding.clear()
     decoding["decoder"] = "software"

@@ -91,11 +91,12 @@ class VideoFileSource(Source):
     def _rewind(self) -> tuple[bool, Any]:
         """The first frame again, for ``loop``: by seeking, a third of the CPU of opening the file
         again and a shorter stall (12 ms against 28 ms for 720p H.264 here); a capture that
-        cannot seek is opened again."""
+        cannot seek, or not exactly, is opened again."""
         self._position = 0
         if self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
             ok, image = _read(self._capture, self._jpeg)
-            if ok and image is not None:
+            # A seek the container cannot do exactly would start the loop at a later frame.
+            if ok and image is not None and self._capture.get(cv2.CAP_PROP_POS_FRAMES) == 1:
                 return ok, image
         self.open()
         return _read(self._capture, self._jpeg)
@@ -134,7 +135,7 @@ class StreamSource(Source):
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
         capture, self._jpeg = open_capture(self.url, self.options, self.decoding,
-                                           self.describe(), params)
+                                           self.describe(), params, live=True)
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"{self.describe()}: cannot open")

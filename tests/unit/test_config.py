@@ -59,8 +59,8 @@ def test_a_good_file_loads_with_defaults_filled_in(tmp_path: Path) -> None:
     assert config.metrics_interval_s == 10
 
 
-def test_video_decoding_takes_one_thread_unless_told_otherwise(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, BASE)).pipelines[0].decode_threads == 1
+def test_video_decoding_threads_are_auto_unless_told_otherwise(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE)).pipelines[0].decode_threads == "auto"
     text = BASE.replace("    fps: 10", "    fps: 10\n    decode_threads: 4")
     assert load_config(write(tmp_path, text)).pipelines[0].decode_threads == 4
     message = config_error(tmp_path, BASE.replace("    fps: 10", "    fps: 10\n    decode_threads: 0"))

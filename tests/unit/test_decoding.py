@@ -185,6 +185,20 @@ def test_software_video_decoding_runs_on_the_threads_asked_for(
     assert source.decoding == {"decoder": "software", "threads": expected}
 
 
+def test_a_stream_keeps_ffmpegs_own_decoding_threads_unless_told(tmp_path: Path) -> None:
+    # A camera's stream must be decoded as fast as it comes: one core may not keep up.
+    clip = str(written_clip(tmp_path / "clip.mp4", "mp4v", (320, 240)))
+    own = cv2.VideoCapture(clip, cv2.CAP_FFMPEG)
+    ffmpeg_default = int(own.get(cv2.CAP_PROP_N_THREADS))
+    own.release()
+    for options, expected in ((SourceOptions(), ffmpeg_default),
+                              (SourceOptions(decode_threads=1), 1)):
+        decoding: dict[str, object] = {}
+        capture, _ = open_capture(clip, options, decoding, "stream", live=True)
+        capture.release()
+        assert decoding["threads"] == expected
+
+
 def test_decode_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="decode_threads must be positive"):
         SourceOptions(decode_threads=0)
