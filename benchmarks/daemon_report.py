@@ -54,6 +54,7 @@ INFO_ROWS = (
     ("host_bound_per_s", "bound, the broker and subscriber sharing the cores (results/s)", 1),
     ("host_bound_peer_ratio", "bound ÷ peer-style loop: the most a daemon could show", 2),
     ("host_bound_ceiling_ratio", "bound ÷ CPU ceiling: the most a daemon could show", 2),
+    ("packed_per_s", "this daemon's CPU per result, perfectly packed (results/s)", 1),
     ("overhead_p99_ms", "capture → broker beyond the invoke, p99 (ms)", 2),
     ("peak_anon_rss_mb", "of which anonymous at most (MB; the rest is library pages)", 0),
     ("tensorflow_peak_rss_mb", "tf.lite.Interpreter with TensorFlow, peak RSS (MB)", 0),
