@@ -17,10 +17,11 @@ meanwhile in one go, so a result costs no thread wake-up of its own (two per res
 a third of the storing thread's Python time on a 720p clip). An acknowledgement that frees a
 full window still wakes it. A message sent around the outbox calls :meth:`OutboxSender.flush`
 first, which publishes what the window has room for, so it does not overtake the results
-stored before it. The MQTT thread reports through
-``connection_up``, ``connection_down`` and ``acked_mid``, which only note it under ``_cond`` and
-wake the sender; it never waits for the window lock, so holding that lock while calling into
-paho cannot deadlock.
+stored before it.
+
+The MQTT thread reports through ``connection_up``, ``connection_down`` and ``acked_mid``, which
+only note it under ``_cond`` and wake the sender; it never waits for the window lock, so holding
+that lock while calling into paho cannot deadlock.
 """
 
 from __future__ import annotations
