@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from support.daemon import edge_convert
 from support.models import independent_accuracy, tensor_dtypes
 
 if TYPE_CHECKING:  # the fixtures' types; pytest hands over the objects
@@ -33,13 +34,6 @@ MANIFEST_KEYS = {"schema", "name", "version", "created", "task", "model_file", "
                  "reference_stats"}
 METRIC_KEYS = {"float_accuracy", "int8_accuracy", "agreement", "samples", "size_bytes",
                "float_size_bytes", "host_latency_ms"}
-
-
-def edge_convert(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).parent / "edge-convert"
-    command = [str(exe) if exe.exists() else "edge-convert", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=False)
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:

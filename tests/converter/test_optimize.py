@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from support.daemon import edge_convert
 from test_convert_cli import (
     DIGITS_FLAGS,
-    edge_convert,
     independent_accuracy,
     labels_of,
     manifest_of,

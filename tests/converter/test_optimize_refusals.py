@@ -11,7 +11,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from test_convert_cli import DIGITS_FLAGS, assert_refused, edge_convert
+from support.daemon import edge_convert
+from test_convert_cli import DIGITS_FLAGS, assert_refused
 
 # Keras 3 in a child, as in the converter: a model with a Reshape to a channel count.
 RESHAPED = r"""

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from support.daemon import Mosquitto, missing, run_cli, seqs, top_label
+from support.daemon import Mosquitto, edge_convert, missing, run_cli, seqs, top_label
 from support.models import independent_accuracy, tensor_dtypes
 from test_daemon_cli import Run, run_to_end
 
@@ -152,13 +152,6 @@ def child_job(workdir: Path, name: str, job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(Path(f"{path}.result").read_text())
     assert "error" not in result, result
     return result
-
-
-def edge_convert(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).parent / "edge-convert"
-    command = [str(exe) if exe.exists() else "edge-convert", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=False)
 
 
 def labels_of(digits: Path) -> list[str]:

@@ -10,7 +10,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from support.daemon import (
     Mosquitto,
     Subscriber,
     copy_bundle,
+    edge_convert,
     stop_fleet,
     table_rows,
     wait_for,
@@ -33,13 +33,7 @@ pytestmark = pytest.mark.mosquitto
 FLEET_SIZE = 10
 CANARIES = 2
 TIMEOUT_S = 60
-EDGE_CONVERT = Path(sys.executable).parent / "edge-convert"
-
-
-def edge_convert(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = str(EDGE_CONVERT) if EDGE_CONVERT.exists() else "edge-convert"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=180,
-                          check=False)
+CONVERT_TIMEOUT_S = 180
 
 
 @dataclass
@@ -73,7 +67,7 @@ class Fleet:
         done = edge_convert("deploy", str(bundle), "--mqtt", self.broker.url, *targets,
                             "--sign-key", str(self.key), "--canary", str(CANARIES),
                             "--promote-frames", "20", "--promote-agreement", "0.9",
-                            "--timeout", str(TIMEOUT_S))
+                            "--timeout", str(TIMEOUT_S), timeout=CONVERT_TIMEOUT_S)
         return done, time.monotonic() - started
 
 
@@ -81,9 +75,10 @@ class Fleet:
 def fleet(broker: Mosquitto, digits: Path, digits_bundle: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("canary")
-    assert edge_convert("keygen", str(root / "keys")).returncode == 0
+    assert edge_convert("keygen", str(root / "keys"), timeout=CONVERT_TIMEOUT_S).returncode == 0
     v1 = copy_bundle(digits_bundle, root / "v1" / "digits-rpi4", version="1")
-    packed = edge_convert("pack", str(v1), "--sign-key", str(root / "keys" / "edge-signing.key"))
+    packed = edge_convert("pack", str(v1), "--sign-key", str(root / "keys" / "edge-signing.key"),
+                          timeout=CONVERT_TIMEOUT_S)
     assert packed.returncode == 0, packed.stderr
     pack = Path(packed.stdout.strip().splitlines()[-1])
     clean = root / "clean"   # the validation images in a mixed order, as a camera sees classes

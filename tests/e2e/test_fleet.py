@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from support.daemon import (
     Mosquitto,
     Subscriber,
     copy_bundle,
+    edge_convert,
     stop_fleet,
     table_rows,
     wait_for,
@@ -36,7 +36,7 @@ BUNDLE_DIR = "digits-rpi4"  # every release keeps the directory name, as a real 
 START_TIMEOUT_S = 60
 DEPLOY_TIMEOUT_S = 60
 SETTLE_TIMEOUT_S = 20
-EDGE_CONVERT = Path(sys.executable).parent / "edge-convert"
+CONVERT_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,6 @@ class Fleet:
 # ----- releases ------------------------------------------------------------------------------
 
 
-def edge_convert(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    exe = str(EDGE_CONVERT) if EDGE_CONVERT.exists() else "edge-convert"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
-
-
 def release(digits_bundle: Path, root: Path, name: str, version: str,
             edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """An unsigned copy of the bundle under ``root/name/``, with ``version`` and any ``edit``."""
@@ -119,13 +113,13 @@ def release(digits_bundle: Path, root: Path, name: str, version: str,
 
 def pack(bundle: Path, key: Path | None) -> Path:
     signing = ["--sign-key", str(key)] if key else []
-    done = edge_convert("pack", str(bundle), *signing)
+    done = edge_convert("pack", str(bundle), *signing, timeout=CONVERT_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     return Path(done.stdout.strip().splitlines()[-1])
 
 
 def keygen(directory: Path) -> tuple[Path, Path]:
-    done = edge_convert("keygen", str(directory))
+    done = edge_convert("keygen", str(directory), timeout=CONVERT_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     return directory / "edge-signing.key", directory / "edge-signing.pub"
 

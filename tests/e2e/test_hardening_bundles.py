@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from support.daemon import (
     Mosquitto,
     Subscriber,
     copy_bundle,
+    edge_convert,
     new_device,
     read_retained,
     result_topic,
@@ -40,13 +40,7 @@ pytestmark = pytest.mark.mosquitto
 
 NAME = "digits-rpi4"
 IDLE_TIMEOUT_S = 3
-EDGE_CONVERT = Path(sys.executable).parent / "edge-convert"
-
-
-def edge_convert(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    exe = str(EDGE_CONVERT) if EDGE_CONVERT.exists() else "edge-convert"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+CONVERT_TIMEOUT_S = 120
 
 
 def release(digits_bundle: Path, root: Path, version: str) -> Path:
@@ -57,7 +51,7 @@ def release(digits_bundle: Path, root: Path, version: str) -> Path:
 
 
 def pack(bundle: Path, *args: str) -> Path:
-    done = edge_convert("pack", str(bundle), *args)
+    done = edge_convert("pack", str(bundle), *args, timeout=CONVERT_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     return Path(done.stdout.strip().splitlines()[-1])
 
@@ -145,7 +139,7 @@ def stop_device(device: Device) -> None:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("keys")
-    done = edge_convert("keygen", str(directory))
+    done = edge_convert("keygen", str(directory), timeout=CONVERT_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     return directory / "edge-signing.key", directory / "edge-signing.pub"
 

@@ -13,8 +13,6 @@ import json
 import random
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from support.daemon import (
     Mosquitto,
     Subscriber,
     copy_bundle,
+    edge_convert,
     new_device,
     run_cli,
     wait_for,
@@ -40,7 +39,7 @@ WINDOW = 100
 TIMEOUT_S = 30
 GOLDEN_REFUSAL = (r"v9-edited refused: golden self-test failed: sample \d+, output 0 \(\S+\) is "
                   r"\d+ quantization steps from the recorded one")
-EDGE_CONVERT = Path(sys.executable).parent / "edge-convert"
+CONVERT_TIMEOUT_S = 120
 CONFIG = """\
 device_id: {device}
 state_dir: {state}
@@ -278,16 +277,10 @@ def test_a_good_candidate_is_promoted_and_a_swap_that_alarms_rolls_back(
 # ----- zero-touch first model ----------------------------------------------------------------
 
 
-def edge_convert(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = str(EDGE_CONVERT) if EDGE_CONVERT.exists() else "edge-convert"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120,
-                          check=False)
-
-
 def test_a_daemon_without_a_model_waits_then_serves_after_one_signed_deploy(
         start: Any, broker: Mosquitto, digits_bundle: Path, sets: Sets,
         tmp_path: Path) -> None:
-    assert edge_convert("keygen", str(tmp_path / "keys")).returncode == 0
+    assert edge_convert("keygen", str(tmp_path / "keys"), timeout=CONVERT_TIMEOUT_S).returncode == 0
     trusted = f"trusted_keys: [{tmp_path / 'keys' / 'edge-signing.pub'}]\n"
     device = start(sets.clean, None, loop=True, fps=50, extra=trusted)
     waiting = device.wait("status", lambda s: s["state"] == "online"
@@ -296,7 +289,7 @@ def test_a_daemon_without_a_model_waits_then_serves_after_one_signed_deploy(
     assert not device.payloads("result")
     done = edge_convert("deploy", str(digits_bundle), "--mqtt", broker.url, "--device",
                         device.name, "--sign-key", str(tmp_path / "keys" / "edge-signing.key"),
-                        "--timeout", "60")
+                        "--timeout", "60", timeout=CONVERT_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr + device.daemon.tail()
     assert "? → 1" in done.stdout and "1/1 device(s) updated" in done.stdout
     device.wait("result", lambda r: r["model"]["version"] == "1")

@@ -36,9 +36,24 @@ from support.mosquitto import (
 )
 
 __all__ = [
-    "Commander", "DaemonProcess", "Mosquitto", "Received", "Subscriber", "TcpProxy", "copy_bundle",
-    "free_port", "make_tls_files", "outbox_depth", "read_retained", "result_topic", "results",
-    "run_cli", "seqs", "wait_for", "wait_for_seqs",
+    "Commander",
+    "DaemonProcess",
+    "Mosquitto",
+    "Received",
+    "Subscriber",
+    "TcpProxy",
+    "copy_bundle",
+    "edge_convert",
+    "free_port",
+    "make_tls_files",
+    "outbox_depth",
+    "read_retained",
+    "result_topic",
+    "results",
+    "run_cli",
+    "seqs",
+    "wait_for",
+    "wait_for_seqs",
 ]
 
 PREFIX = "edge"
@@ -54,6 +69,14 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
     """``edge-runtime ARGS`` to completion, output captured."""
     return subprocess.run([edge_runtime_exe(), *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+def edge_convert(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``edge-convert ARGS`` to completion, output captured, TensorFlow's C++ logging quiet."""
+    exe = Path(sys.executable).parent / "edge-convert"
+    return subprocess.run([str(exe) if exe.exists() else "edge-convert", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 def new_device(prefix: str) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.preprocess import InputSpec, preprocess_batch
+from support.daemon import edge_convert
 
 CLASSIFIER_SPEC = InputSpec(shape=(1, 64, 64, 1), color="GRAY", mean=(127.5,), std=(127.5,))
 CLASSIFIER_CLASSES = ("brick", "grass", "gravel", "moon", "coins", "camera", "rocket")
@@ -305,13 +306,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     for name in ("classifier-train.npz", "detector-train.npz"):
         (root / name).unlink()
     return Trained(third_party, detector)
-
-
-def edge_convert(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).parent / "edge-convert"
-    return subprocess.run([str(exe) if exe.exists() else "edge-convert", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 @pytest.fixture(scope="session")
