@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,21 +112,28 @@ def write_calibration(folder: Path, images: list[np.ndarray]) -> None:
 
 def write_video(path: Path, images: list[np.ndarray]) -> None:
     """A 640x480 clip panning slowly across each photo in turn."""
-    width, height = VIDEO_SIZE
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), VIDEO_FPS, VIDEO_SIZE)
     if not writer.isOpened():
         raise SystemExit("OpenCV cannot write mp4v video here")
-    per_image = VIDEO_FRAMES // len(images)
     try:
-        for image in images:
-            big = cv2.resize(image, None, fx=1.7, fy=1.7)
-            span_x, span_y = big.shape[1] - width, big.shape[0] - height
-            for step in range(per_image):
-                t = step / max(1, per_image - 1)
-                x, y = int(span_x * t), int(span_y * (0.5 - 0.5 * np.cos(np.pi * t)))
-                writer.write(np.ascontiguousarray(big[y:y + height, x:x + width]))
+        for crop in panned(images, 1.7, VIDEO_SIZE):
+            writer.write(np.ascontiguousarray(crop))
     finally:
         writer.release()
+
+
+def panned(images: list[np.ndarray], scale: float, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """VIDEO_FRAMES views of ``size`` panning slowly across each photo (enlarged ``scale``
+    times) in turn: left to right, and down along half a cosine."""
+    width, height = size
+    per_image = VIDEO_FRAMES // len(images)
+    for image in images:
+        big = cv2.resize(image, None, fx=scale, fy=scale)
+        span_x, span_y = big.shape[1] - width, big.shape[0] - height
+        for step in range(per_image):
+            t = step / max(1, per_image - 1)
+            x, y = int(span_x * t), int(span_y * (0.5 - 0.5 * np.cos(np.pi * t)))
+            yield big[y:y + height, x:x + width]
 
 
 def write_h264(path: Path, images: list[np.ndarray]) -> None:
@@ -135,23 +142,16 @@ def write_h264(path: Path, images: list[np.ndarray]) -> None:
     import av
 
     width, height = H264_SIZE
-    per_image = VIDEO_FRAMES // len(images)
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=int(VIDEO_FPS))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.bit_rate = H264_BITRATE
         stream.options = {"preset": "fast", "x264-params": f"bframes=0:keyint={int(VIDEO_FPS)}"}
         rng = np.random.default_rng(0)
-        for image in images:
-            big = cv2.resize(image, None, fx=3.2, fy=3.2)
-            span_x, span_y = big.shape[1] - width, big.shape[0] - height
-            for step in range(per_image):
-                t = step / max(1, per_image - 1)
-                x, y = int(span_x * t), int(span_y * (0.5 - 0.5 * np.cos(np.pi * t)))
-                noise = rng.normal(0.0, SENSOR_NOISE, (height, width, 1)).astype(np.float32)
-                crop = np.clip(big[y:y + height, x:x + width] + noise, 0, 255).astype(np.uint8)
-                frame = av.VideoFrame.from_ndarray(crop, format="bgr24")
-                container.mux(stream.encode(frame))
+        for view in panned(images, 3.2, H264_SIZE):
+            noise = rng.normal(0.0, SENSOR_NOISE, (height, width, 1)).astype(np.float32)
+            crop = np.clip(view + noise, 0, 255).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(crop, format="bgr24")))
         container.mux(stream.encode(None))
 
 
